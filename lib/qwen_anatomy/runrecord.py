@@ -1,0 +1,181 @@
+"""Run records and atomic writes: every result this project saves carries how it was made.
+
+A run record is a JSON object: what ran (command, parameters, seed), with what (python, torch,
+transformers, numpy versions; git commit and dirty flag; machine), when (UTC start/end), how long
+(per-stage wall time), peak resident memory, and the status (running, success, failed, incomplete).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _json_default(obj: Any):
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, set | tuple):
+        return list(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n")
+
+
+def refuse_overwrite(path: str | os.PathLike, what: str = "output") -> Path:
+    """Raise when ``path`` already holds results (a run never silently overwrites earlier ones)."""
+    from .errors import UserInputError
+
+    path = Path(path)
+    if path.exists() and (path.is_file() or any(path.iterdir())):
+        raise UserInputError(f"{what} {path} already exists; choose another path or remove it first")
+    return path
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
+    """Commit and dirty flag of the checkout the library runs from (None outside git)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return {"commit": commit or None, "dirty": bool(dirty) if commit else None}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine; cheap (reads package metadata, imports nothing heavy)."""
+    threads = None
+    if "torch" in sys.modules:
+        threads = sys.modules["torch"].get_num_threads()
+    return {
+        "python": platform.python_version(),
+        "packages": {
+            name: package_version(name)
+            for name in ("qwen-anatomy", "torch", "transformers", "numpy", "scipy", "safetensors", "tokenizers")
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": threads,
+            "hostname": platform.node(),
+        },
+        "git": git_state(),
+    }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class RunRecord:
+    """Collects a run's record; ``with record.stage("name"):`` times a stage.
+
+    Written atomically to ``path`` at start (status "running"), and at the end with "success" or
+    "failed" (with the error). A record still saying "running" after its process ended marks an
+    interrupted run: readers report it as incomplete.
+    """
+
+    def __init__(self, path: str | os.PathLike, command: str, parameters: dict[str, Any] | None = None,
+                 seed: int | None = None) -> None:
+        self.path = Path(path)
+        self.data: dict[str, Any] = {
+            "command": command,
+            "parameters": parameters or {},
+            "seed": seed,
+            "status": "running",
+            "pid": os.getpid(),
+            "start_time": utc_now(),
+            "end_time": None,
+            "stages": {},
+            **environment(),
+        }
+        self._t0 = time.perf_counter()
+
+    def save(self) -> Path:
+        return atomic_write_json(self.path, self.data)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.data["stages"][name] = round(self.data["stages"].get(name, 0.0) + time.perf_counter() - t, 4)
+
+    def __enter__(self) -> RunRecord:
+        self.save()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.data["end_time"] = utc_now()
+        self.data["wall_seconds"] = round(time.perf_counter() - self._t0, 3)
+        self.data["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        if exc_type is None:
+            self.data["status"] = "success"
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.data["status"] = "incomplete"
+        else:
+            self.data["status"] = "failed"
+            self.data["error"] = f"{exc_type.__name__}: {exc}"
+        self.save()
