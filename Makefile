@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 export TRANSFORMERS_VERBOSITY := error
 export PYTHONHASHSEED := 0
 
-.PHONY: all install book test lint format clean-book
+.PHONY: all install book test lint format clean-book results-90
 
 all: test
 
@@ -49,3 +49,9 @@ test: lint
 
 clean-book:
 	rm -rf _build
+
+# Committed results read by chapter 90_experiments: chapter 1 over a grid of n-gram orders x seeds
+# (about a minute per run at CI scale). Adds new run directories; never overwrites earlier ones.
+results-90: $(STAMP)
+	$(BIN)/qwen-anatomy run 01_language_models --grid configs/grids/01_ngram_seeds.yml \
+		--out data/results/90_experiments --jobs 2

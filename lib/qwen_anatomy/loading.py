@@ -255,7 +255,7 @@ def load_model(
     with torch.device("meta"):
         model = Qwen2ForCausalLM(config)
     model = model.to_empty(device="cpu")
-    model.model.inv_freq.copy_(rope_inv_freq(config.head_dim, config.rope_theta))
+    model.model.inv_freq = rope_inv_freq(config.head_dim, config.rope_theta)  # built on meta above
     model.head_gates.fill_(1.0)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight

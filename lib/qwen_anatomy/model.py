@@ -72,8 +72,7 @@ class RMSNorm(nn.Module):
 
 def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
     """inv_freq_i = theta^(-2i/d) for i < d/2, float32 [d/2]."""
-    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).to(torch.float32) / head_dim
-    return 1.0 / (theta**exponent)
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
 
 
 def rope_tables(
@@ -84,10 +83,7 @@ def rope_tables(
     Angles are position × inv_freq in float32; the half-size table is concatenated twice so that
     it lines up with :func:`rotate_half`.
     """
-    freqs = (
-        inv_freq[None, :, None].float().to(position_ids.device)
-        @ position_ids[:, None, :].float()
-    ).transpose(1, 2)  # [B, T, d/2]
+    freqs = position_ids[..., None].float() * inv_freq.to(position_ids.device, torch.float32)  # [B, T, d/2]
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -273,7 +269,8 @@ class Qwen2Model(nn.Module):
             Qwen2DecoderLayer(config, i) for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.register_buffer("inv_freq", rope_inv_freq(config.head_dim, config.rope_theta), persistent=False)
+        # A plain attribute, not a buffer: model.to(bfloat16) must not round the frequencies.
+        self.inv_freq = rope_inv_freq(config.head_dim, config.rope_theta)
         self.hook_embed, self.hook_final = HookPoint(), HookPoint()
 
 

@@ -1,0 +1,156 @@
+"""Part I commands: ``info``, ``generate``, ``verify``. Heavy imports happen inside the handlers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..cli import non_negative_float, non_negative_int, positive_int, probability
+from ..errors import UserInputError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("info", help="config summary and parameter counts of a model")
+    p.add_argument("model", help="built-in name (smollm2-135m), checkpoint directory or .gguf file")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("generate", help="generate text, streamed token by token")
+    p.add_argument("--model", required=True, help="built-in name, checkpoint directory or .gguf file")
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--max-new-tokens", type=non_negative_int, default=64, help="tokens to generate (>= 0)")
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=positive_int, default=None, help="sample only from the k most likely")
+    p.add_argument("--top-p", type=probability, default=None, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("verify", help="compare our model with transformers' class for the checkpoint")
+    p.add_argument("model", help="built-in name, checkpoint directory or .gguf file")
+    p.add_argument("--prompts", type=Path, default=None, help="text file, one prompt per line")
+    p.add_argument(
+        "--max-new-tokens", type=positive_int, default=20, help="greedy tokens compared per prompt"
+    )
+    p.set_defaults(func=cmd_verify)
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Total, embedding, non-embedding and per block type (a tied head counts once)."""
+    from ..model import count_parameters
+
+    by_block: dict[str, int] = {}
+    for name, p in model.named_parameters():  # deduplicated: a tied head is not listed twice
+        if "embed_tokens" in name:
+            block = "embedding"
+        elif name.startswith("lm_head"):
+            block = "lm_head"
+        elif ".self_attn." in name:
+            block = "attention"
+        elif ".mlp." in name:
+            block = "mlp"
+        else:
+            block = "norm"
+        by_block[block] = by_block.get(block, 0) + p.numel()
+    total = count_parameters(model)
+    embedding = by_block.get("embedding", 0) + by_block.get("lm_head", 0)
+    return {"total": total, "embedding": embedding, "non_embedding": total - embedding, "by_block": by_block}
+
+
+def cmd_info(args) -> int:
+    from ..loading import load_model, resolve_model
+
+    path = resolve_model(args.model)
+    model, tok = load_model(path, with_tokenizer=True)
+    cfg = model.config
+    counts = parameter_counts(model)
+    info = {
+        "model": args.model,
+        "path": str(path),
+        "config": cfg.to_dict(),
+        "tokenizer_vocab": tok.vocab_size if tok else None,
+        "parameters": counts,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model      {args.model}  ({path})")
+    print(
+        f"shape      {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, intermediate "
+        f"{cfg.intermediate_size}, {cfg.num_attention_heads} heads / {cfg.num_key_value_heads} KV heads "
+        f"(group {cfg.group_size}), head_dim {cfg.head_dim}"
+    )
+    print(
+        f"vocab      {cfg.vocab_size} rows (tokenizer {info['tokenizer_vocab']}), tied head: "
+        f"{cfg.tie_word_embeddings}, q/k/v bias: {cfg.attention_bias}, rope theta {cfg.rope_theta:g}, "
+        f"rms eps {cfg.rms_norm_eps:g}"
+    )
+    print(f"parameters {counts['total']:,} total")
+    print(f"           {counts['embedding']:,} embedding (+ untied head)")
+    print(f"           {counts['non_embedding']:,} non-embedding")
+    for block, n in counts["by_block"].items():
+        print(f"           {n:>14,} {block}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    if not args.prompt:
+        raise UserInputError("--prompt is empty: give some text to continue")
+    from ..generation import generate
+    from ..loading import load_model
+
+    model, tok = load_model(args.model)
+    if tok is None:
+        raise UserInputError(f"{args.model} has no tokenizer.json next to its weights; generate needs one")
+    if args.chat:
+        text = tok.apply_chat_template([{"role": "user", "content": args.prompt}])
+        ids = tok.encode(text)
+    else:
+        ids = tok.encode(args.prompt, add_special_tokens=True)
+    eos = [i for i in {tok.eos_token_id, *model.config.eos_token_ids} if i is not None]
+    produced: list[int] = []
+    printed = ""
+
+    def stream(step_tokens) -> None:
+        nonlocal printed
+        produced.append(int(step_tokens[0]))
+        text = tok.decode(produced)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            sys.stdout.write(text[len(printed) :])
+            sys.stdout.flush()
+            printed = text
+
+    generate(
+        model,
+        [ids],
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        eos_token_id=eos,
+        on_token=stream,
+    )
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    prompts = None
+    if args.prompts is not None:
+        if not args.prompts.is_file():
+            raise UserInputError(
+                f"--prompts {args.prompts} does not exist: give a text file, one prompt a line"
+            )
+        prompts = [line for line in args.prompts.read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise UserInputError(f"--prompts {args.prompts} holds no non-empty line")
+    from ..loading import resolve_model
+
+    resolve_model(args.model)  # fail fast on a bad model argument, before importing transformers
+    from ..verify import verify_checkpoint
+
+    report = verify_checkpoint(args.model, prompts, max_new_tokens=args.max_new_tokens)
+    print(json.dumps(report, indent=2))
+    return 0

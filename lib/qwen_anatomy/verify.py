@@ -1,0 +1,166 @@
+"""Our model against transformers' own class for the same checkpoint (chapter 02_qwen2_from_scratch).
+
+:func:`layer_divergence` compares the embedding output, every decoder layer's output, the final norm
+and the logits, and names the first one that disagrees; :func:`verify_checkpoint` adds greedy
+generation on several prompts. Both run in float32 with transformers' eager attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .model import Qwen2ForCausalLM, run_with_cache
+
+DEFAULT_PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Water boils at a temperature of",
+    "Once upon a time, in a small village,",
+    "The three primary colors are",
+]
+
+# A stage "disagrees" when its largest absolute difference exceeds ATOL + RTOL * (largest |value|):
+# float32 rounding grows with activation size (SmolLM2's residual stream reaches values in the
+# hundreds), so a purely absolute threshold would flag deep layers for rounding alone.
+ATOL = 1e-4
+RTOL = 1e-5
+
+
+def load_transformers_model(path: str | Path):
+    """transformers' class for the checkpoint (from config.json's architectures), fp32, eager."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+
+
+@torch.no_grad()
+def _transformers_stages(hf_model, input_ids, attention_mask) -> tuple[list[torch.Tensor], torch.Tensor]:
+    base = hf_model.model
+    captured: list[torch.Tensor] = []
+
+    def keep(_module, _inputs, output):
+        captured.append((output[0] if isinstance(output, tuple) else output).detach())
+
+    handles = [base.embed_tokens.register_forward_hook(keep)]
+    handles += [layer.register_forward_hook(keep) for layer in base.layers]
+    handles.append(base.norm.register_forward_hook(keep))
+    try:
+        logits = hf_model(input_ids=input_ids, attention_mask=attention_mask).logits
+    finally:
+        for h in handles:
+            h.remove()
+    return captured, logits
+
+
+@torch.no_grad()
+def layer_divergence(
+    ours: Qwen2ForCausalLM,
+    hf_model,
+    input_ids: torch.Tensor,  # [B, T]
+    attention_mask: torch.Tensor | None = None,  # [B, T]
+) -> list[dict]:
+    """One row per stage (embed, layer.0 .. layer.{L-1}, norm, logits): max and mean |difference|.
+
+    Only real (non-padding) positions are compared.
+    """
+    n = ours.config.num_hidden_layers
+    names = (
+        ["model.hook_embed"] + [f"model.layers.{i}.hook_resid_post" for i in range(n)] + ["model.hook_final"]
+    )
+    out, cache = run_with_cache(ours, input_ids, names, attention_mask=attention_mask)
+    ref_stages, ref_logits = _transformers_stages(hf_model, input_ids, attention_mask)
+    ours_stages = [cache[k] for k in names] + [out.logits]
+    ref_stages = ref_stages + [ref_logits]
+    labels = ["embed"] + [f"layer.{i}" for i in range(n)] + ["norm", "logits"]
+    keep = (
+        attention_mask.bool() if attention_mask is not None else torch.ones(input_ids.shape, dtype=torch.bool)
+    )
+    rows = []
+    for label, a, b in zip(labels, ours_stages, ref_stages, strict=True):
+        diff = (a - b)[keep].abs().double()
+        scale = b[keep].abs().max().item()
+        rows.append(
+            {
+                "stage": label,
+                "max_abs_diff": diff.max().item(),
+                "mean_abs_diff": diff.mean().item(),
+                "max_abs_value": scale,
+                "tolerance": ATOL + RTOL * scale,
+            }
+        )
+    return rows
+
+
+def first_divergent(rows: list[dict]) -> str | None:
+    for row in rows:
+        if row["max_abs_diff"] > row["tolerance"]:
+            return row["stage"]
+    return None
+
+
+def verify_checkpoint(
+    spec: str | Path, prompts: Sequence[str] | None = None, max_new_tokens: int = 20
+) -> dict:
+    """Logit and greedy-token agreement between our model and transformers on the same inputs."""
+    from .generation import generate
+    from .loading import load_model, resolve_model
+
+    prompts = list(prompts or DEFAULT_PROMPTS)
+    path = resolve_model(spec)
+    ours, tok = load_model(path)
+    if tok is None:
+        raise ValueError(f"{path} has no tokenizer.json; verify needs one to encode prompts")
+    hf_model = load_transformers_model(path)
+    per_prompt, all_rows = [], []
+    greedy_equal = True
+    eos = tok.eos_token_id
+    for text in prompts:
+        ids = tok.encode(text, add_special_tokens=True)
+        input_ids = torch.tensor([ids])
+        rows = layer_divergence(ours, hf_model, input_ids)
+        all_rows.append(rows)
+        ours_new = generate(ours, [ids], max_new_tokens=max_new_tokens, eos_token_id=eos)[0]
+        with torch.no_grad():
+            hf_out = hf_model.generate(
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=eos,
+            )
+        hf_new = hf_out[0, len(ids) :].tolist()
+        equal = ours_new == hf_new
+        greedy_equal &= equal
+        per_prompt.append(
+            {
+                "prompt": text,
+                "greedy_tokens_equal": equal,
+                "max_abs_logit_diff": rows[-1]["max_abs_diff"],
+                "ours": tok.decode(ours_new),
+                "transformers": tok.decode(hf_new),
+            }
+        )
+    stages = [r["stage"] for r in all_rows[0]]
+    per_layer = {stage: max(rows[i]["max_abs_diff"] for rows in all_rows) for i, stage in enumerate(stages)}
+    worst_rows = [
+        max((rows[i] for rows in all_rows), key=lambda r: r["max_abs_diff"]) for i in range(len(stages))
+    ]
+    return {
+        "model": str(spec),
+        "path": str(path),
+        "transformers_class": type(hf_model).__name__,
+        "prompts": len(prompts),
+        "max_abs_logit_diff": max(p["max_abs_logit_diff"] for p in per_prompt),
+        "mean_abs_logit_diff": sum(rows[-1]["mean_abs_diff"] for rows in all_rows) / len(all_rows),
+        "greedy_tokens_equal": bool(greedy_equal),
+        "first_divergent_layer": first_divergent(worst_rows),
+        "tolerance": {"atol": ATOL, "rtol": RTOL},
+        "per_layer_max_abs_diff": per_layer,
+        "per_prompt": per_prompt,
+    }
