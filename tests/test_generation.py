@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_model_parity import cfg_for, hf_pair
 
 from qwen_anatomy.config import tiny_config
 from qwen_anatomy.generation import generate, left_pad
 from qwen_anatomy.model import Qwen2ForCausalLM
 from qwen_anatomy.sampling import check_sampling_args, next_token, top_k_filter, top_p_filter
+from test_model_parity import cfg_for, hf_pair
 
 torch.set_num_threads(1)
 
@@ -112,7 +112,8 @@ def test_filters():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(temperature=-0.1), dict(temperature=float("nan")), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)]
+    "kwargs",
+    [dict(temperature=-0.1), dict(temperature=float("nan")), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)],
 )
 def test_bad_sampling_arguments_are_refused(kwargs):
     with pytest.raises(ValueError):

@@ -84,7 +84,10 @@ def test_shape_mismatch_names_key_and_both_shapes(tiny_dir):
     cfg = json.loads((tiny_dir / "config.json").read_text())
     cfg["intermediate_size"] = 48
     (tiny_dir / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"model\.layers\.0\.mlp\.(gate|up|down)_proj\.weight.*\(64, 32\).*\(48, 32\)|\(32, 64\).*\(32, 48\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model\.layers\.0\.mlp\.(gate|up|down)_proj\.weight.*\(64, 32\).*\(48, 32\)|\(32, 64\).*\(32, 48\)",
+    ):
         load_model(tiny_dir)
 
 

@@ -7,6 +7,8 @@ except for matmul blocking, whose rounding differences are ~1e-7 on these sizes.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import transformers
@@ -193,7 +195,7 @@ def test_config_reads_both_rope_theta_forms():
     assert Qwen2Config.from_hf_dict(new).rope_theta == 54321.0
     cfg = Qwen2Config.from_hf_dict(base)
     assert cfg == cfg_for(False, 4, 2, True)
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.hidden_size = 3  # type: ignore[misc]
 
 

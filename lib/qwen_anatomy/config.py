@@ -6,12 +6,12 @@ architecture without q/k/v biases, so they map onto this class with ``attention_
 
 from __future__ import annotations
 
-from .errors import UserInputError
-
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from .errors import UserInputError
 
 # Architectures whose tensors and maths this implementation reproduces exactly.
 SUPPORTED_ARCHITECTURES = {
@@ -127,9 +127,7 @@ class Qwen2Config:
                 intermediate_size=int(hf["intermediate_size"]),
                 num_hidden_layers=int(hf["num_hidden_layers"]),
                 num_attention_heads=int(hf["num_attention_heads"]),
-                num_key_value_heads=int(
-                    hf.get("num_key_value_heads") or hf["num_attention_heads"]
-                ),
+                num_key_value_heads=int(hf.get("num_key_value_heads") or hf["num_attention_heads"]),
                 head_dim=hf.get("head_dim"),
                 rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
                 rope_theta=float(theta),
@@ -174,9 +172,9 @@ class Qwen2Config:
             "hidden_act": "silu",
             "torch_dtype": "float32",
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": list(self.eos_token_ids) if len(self.eos_token_ids) > 1 else (
-                self.eos_token_ids[0] if self.eos_token_ids else None
-            ),
+            "eos_token_id": list(self.eos_token_ids)
+            if len(self.eos_token_ids) > 1
+            else (self.eos_token_ids[0] if self.eos_token_ids else None),
             "pad_token_id": self.pad_token_id,
         }
         if not is_qwen:

@@ -34,7 +34,7 @@ def stdlib_docstrings(min_chars: int = 200) -> list[tuple[str, str]]:
     Short docstrings (< ``min_chars``) are dropped; whitespace is normalised by ``inspect.cleandoc``.
     """
     docs: list[tuple[str, str]] = []
-    seen: set[int] = set()
+    seen: set[str] = set()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for mod_name in STDLIB_MODULES:
@@ -51,9 +51,9 @@ def stdlib_docstrings(min_chars: int = 200) -> list[tuple[str, str]]:
             ]
             for qual, obj in members:
                 doc = inspect.getdoc(obj)
-                if not doc or len(doc) < min_chars or id(doc) in seen:
+                if not doc or len(doc) < min_chars or doc in seen:
                     continue
-                seen.add(id(doc))
+                seen.add(doc)
                 docs.append((qual, doc))
     return docs
 

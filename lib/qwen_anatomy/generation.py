@@ -16,9 +16,7 @@ from .model import Qwen2ForCausalLM
 from .sampling import check_sampling_args, next_token
 
 
-def left_pad(
-    prompts: Sequence[Sequence[int]], pad_token_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token lists -> ids [B, T] and mask [B, T] (1 = token), padded on the left."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -87,7 +85,7 @@ def generate(
         s = t0 + step + 1
         if use_cache:
             logits = model(
-                tok[:, None], attention_mask=full_mask[:, : s], position_ids=next_pos, cache=cache
+                tok[:, None], attention_mask=full_mask[:, :s], position_ids=next_pos, cache=cache
             ).logits
         else:
             seq = torch.cat([seq, tok[:, None]], dim=1)

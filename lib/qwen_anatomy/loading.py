@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserInputError
 from .config import ConfigError, Qwen2Config
+from .errors import UserInputError
 from .model import Qwen2ForCausalLM, rope_inv_freq
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -270,7 +270,9 @@ def load_model(
     return model, tokenizer
 
 
-def save_checkpoint(model: Qwen2ForCausalLM, out: str | os.PathLike, tokenizer_dir: Path | None = None) -> Path:
+def save_checkpoint(
+    model: Qwen2ForCausalLM, out: str | os.PathLike, tokenizer_dir: Path | None = None
+) -> Path:
     """Write a standard Hugging Face directory (config.json + model.safetensors), atomically."""
     from safetensors.torch import save_file
 
@@ -287,7 +289,12 @@ def save_checkpoint(model: Qwen2ForCausalLM, out: str | os.PathLike, tokenizer_d
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     (tmp / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2))
     if tokenizer_dir is not None:
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        for name in (
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "chat_template.jinja",
+        ):
             if (Path(tokenizer_dir) / name).is_file():
                 shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
     if out.exists():

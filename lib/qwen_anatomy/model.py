@@ -114,7 +114,9 @@ class KVCache:
     def __init__(self, config: Qwen2Config, batch: int, max_len: int, dtype, device) -> None:
         shape = (batch, config.num_key_value_heads, max_len, config.head_dim)
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.values = [
+            torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)
+        ]
         self.max_len = max_len
         self.length = 0  # positions filled, shared by all layers
 
@@ -250,9 +252,7 @@ class Qwen2DecoderLayer(nn.Module):
 
     def forward(self, x, cos, sin, allowed, gate=None, cache=None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn = self.hook_attn_out(
-            self.self_attn(self.input_layernorm(x), cos, sin, allowed, gate, cache)
-        )
+        attn = self.hook_attn_out(self.self_attn(self.input_layernorm(x), cos, sin, allowed, gate, cache))
         h = self.hook_resid_mid(x + attn)
         mlp = self.hook_mlp_out(self.mlp(self.post_attention_layernorm(h)))
         return self.hook_resid_post(h + mlp)
@@ -265,9 +265,7 @@ class Qwen2Model(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(
-            Qwen2DecoderLayer(config, i) for i in range(config.num_hidden_layers)
-        )
+        self.layers = nn.ModuleList(Qwen2DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         # A plain attribute, not a buffer: model.to(bfloat16) must not round the frequencies.
         self.inv_freq = rope_inv_freq(config.head_dim, config.rope_theta)

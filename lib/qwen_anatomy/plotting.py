@@ -33,9 +33,7 @@ def figure(ncols: int = 1, nrows: int = 1, width: float = 6.4, height: float = 3
     import matplotlib.pyplot as plt
 
     use_style()
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, **kwargs
-    )
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, **kwargs)
     fig.set_layout_engine("constrained")
     return fig, (axes[0, 0] if nrows == ncols == 1 else axes)
 

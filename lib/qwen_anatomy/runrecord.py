@@ -110,7 +110,15 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": {
             name: package_version(name)
-            for name in ("qwen-anatomy", "torch", "transformers", "numpy", "scipy", "safetensors", "tokenizers")
+            for name in (
+                "qwen-anatomy",
+                "torch",
+                "transformers",
+                "numpy",
+                "scipy",
+                "safetensors",
+                "tokenizers",
+            )
         },
         "machine": {
             "platform": platform.platform(),
@@ -136,8 +144,13 @@ class RunRecord:
     interrupted run: readers report it as incomplete.
     """
 
-    def __init__(self, path: str | os.PathLike, command: str, parameters: dict[str, Any] | None = None,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        command: str,
+        parameters: dict[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> None:
         self.path = Path(path)
         self.data: dict[str, Any] = {
             "command": command,

@@ -72,9 +72,7 @@ class Tokenizer:
     def tokens(self, text: str) -> list[str]:
         return self._tok.encode(text, add_special_tokens=False).tokens
 
-    def apply_chat_template(
-        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
-    ) -> str:
+    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """Render messages ([{"role": "user", "content": ...}]) with the checkpoint's template."""
         if not self.chat_template:
             raise ValueError(f"the tokenizer in {self.path} has no chat template; drop --chat")

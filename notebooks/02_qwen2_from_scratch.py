@@ -1,0 +1,452 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 2. Qwen2 from scratch
+#
+# This chapter builds Qwen2 one module at a time and checks each against the Hugging Face
+# transformers implementation with the same weights. The code is `qwen_anatomy/model.py`, one file
+# of about 400 lines whose parameter names equal the checkpoint keys, so loading a checkpoint is a
+# checked copy. We print the library's own source rather than a copy of it: what you read is what
+# runs. The unit tests (`tests/test_model_parity.py`) repeat every comparison on a grid of configs.
+#
+# Shapes use one vocabulary throughout: B batch, T positions, D hidden size, H query heads,
+# K key/value heads, d head dimension, V vocabulary.
+
+# %% tags=["parameters"]
+model_name = "smollm2-135m"  # the real checkpoint of the last sections (built-in name, directory or .gguf)
+verify_prompts = 5  # prompts compared with transformers, token by token
+generate_tokens = 40  # tokens generated in the cache and batching demonstrations
+seed = 0
+
+# %%
+import inspect
+import time
+
+import pandas as pd
+import torch
+import transformers
+from IPython.display import Code, Markdown, display
+from transformers.models.qwen2 import modeling_qwen2
+
+from qwen_anatomy import model as qm
+from qwen_anatomy import plotting
+from qwen_anatomy.config import QWEN2_5_0_5B, tiny_config
+from qwen_anatomy.generation import generate
+from qwen_anatomy.loading import load_model
+from qwen_anatomy.verify import layer_divergence, load_transformers_model
+
+torch.manual_seed(seed)
+
+
+def show(obj) -> None:
+    """Display the library's source of a function or class."""
+    display(Code(inspect.getsource(obj), language="python"))
+
+
+# %% [markdown]
+# ## The configuration
+#
+# One frozen dataclass holds every hyper-parameter, built from a checkpoint's `config.json`
+# (`Qwen2Config.from_hf_dict`). Rope theta sits in `rope_parameters["rope_theta"]` in transformers 5
+# files and at the top level in older ones; both are read. Here is Qwen2.5-0.5B's shape, and the
+# parameter count computed from it on the `meta` device (no memory allocated):
+
+# %%
+with torch.device("meta"):
+    ref_shape_model = qm.Qwen2ForCausalLM(QWEN2_5_0_5B)
+n_params = qm.count_parameters(ref_shape_model)
+pd.Series(QWEN2_5_0_5B.to_dict()).to_frame("Qwen2.5-0.5B")
+
+# %%
+emb = QWEN2_5_0_5B.vocab_size * QWEN2_5_0_5B.hidden_size
+display(
+    Markdown(
+        f"Qwen2.5-0.5B has **{n_params:,}** parameters; {emb:,} of them ({emb / n_params:.0%}) are the "
+        "embedding, which the tied LM head reuses as one tensor."
+    )
+)
+
+# %% [markdown]
+# ## RMSNorm
+#
+# $\mathrm{RMSNorm}(x) = w \odot x / \sqrt{\mathrm{mean}(x^2) + \epsilon}$: no mean subtraction and no
+# bias, unlike LayerNorm. It is computed in float32 and cast back, so a bfloat16 model normalises
+# with full precision.
+
+# %%
+show(qm.RMSNorm)
+
+# %%
+cfg = tiny_config(num_attention_heads=8, num_key_value_heads=2, hidden_size=64, tie_word_embeddings=False)
+x = torch.randn(2, 5, cfg.hidden_size) * 3
+ours_norm = qm.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+ref_norm = modeling_qwen2.Qwen2RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+with torch.no_grad():
+    ours_norm.weight.copy_(torch.randn(cfg.hidden_size))
+    ref_norm.weight.copy_(ours_norm.weight)
+rms_after = ours_norm(x).div(ours_norm.weight).pow(2).mean(-1).sqrt()
+print(f"rms of each normalised vector (before the weight): {rms_after.flatten()[:4].tolist()}")
+print(f"max |ours - transformers| = {(ours_norm(x) - ref_norm(x)).abs().max().item():.1e}")
+
+# %% [markdown]
+# A teaching version, three lines long. `tests/test_teaching_cells.py` runs every cell tagged
+# `teaching` in this chapter and checks it against the library on seeded inputs.
+
+
+# %% tags=["teaching"]
+def rmsnorm_teaching(x, weight, eps):
+    """RMSNorm written out: normalise by the root mean square over the last dimension."""
+    x32 = x.float()
+    return weight * (x32 / torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+# %%
+print(
+    f"teaching vs library: {(rmsnorm_teaching(x, ours_norm.weight, cfg.rms_norm_eps) - ours_norm(x)).abs().max().item():.1e}"
+)
+
+# %% [markdown]
+# ## Rotary position embeddings
+#
+# RoPE rotates each pair of dimensions $(x_i, x_{i + d/2})$ of a query or key by the angle
+# $m\,\theta_i$, where $m$ is the position and $\theta_i = \text{theta}^{-2i/d}$. The cos and sin
+# tables hold the half-size angle table twice, so that with `rotate_half(x)` $= (-x_2, x_1)$ the
+# rotation is `x * cos + rotate_half(x) * sin`.
+
+# %%
+show(qm.rope_inv_freq)
+show(qm.rope_tables)
+show(qm.apply_rope)
+
+# %%
+inv = qm.rope_inv_freq(64, QWEN2_5_0_5B.rope_theta)
+pos = torch.arange(0, 64)[None]
+cos, sin = qm.rope_tables(pos, inv)
+fig, axes = plotting.figure(ncols=2, width=6.0, height=3.4)
+ax = axes[0, 0]
+ax.semilogy(inv.numpy(), marker=".")
+plotting.label(
+    ax,
+    "pair index i (of d/2 = 32)",
+    "rotation speed θ_i (radians per position)",
+    "rotary frequencies, theta = 1e6",
+)
+ax = axes[0, 1]
+vec = torch.tensor([1.0, 0.0])
+for i, colour in [(0, "C0"), (4, "C1"), (12, "C2")]:
+    angles = pos[0, :24].float() * inv[i]
+    ax.plot(torch.cos(angles), torch.sin(angles), marker="o", ms=3, color=colour, label=f"pair {i}")
+ax.set_aspect("equal")
+plotting.label(ax, "rotated x_i", "rotated x_(i+d/2)", "one pair rotated at positions 0..23")
+ax.legend()
+
+# %% [markdown]
+# Because both the query at position $m$ and the key at position $n$ are rotated, their dot
+# product depends only on $m - n$. Checked numerically, with transformers' tables for comparison:
+
+# %%
+q, k = torch.randn(1, 1, 1, 64), torch.randn(1, 1, 1, 64)
+
+
+def rotated_score(m: int, n: int) -> float:
+    cq, sq = qm.rope_tables(torch.tensor([[m]]), inv)
+    ck, sk = qm.rope_tables(torch.tensor([[n]]), inv)
+    return float((qm.apply_rope(q, cq, sq) * qm.apply_rope(k, ck, sk)).sum())
+
+
+pairs = [(5, 2), (105, 102), (1005, 1002), (5, 4)]
+print({f"q@{m}, k@{n}": round(rotated_score(m, n), 5) for m, n in pairs})
+ref_rope = modeling_qwen2.Qwen2RotaryEmbedding(transformers.Qwen2Config(**QWEN2_5_0_5B.to_hf_dict()))
+ref_cos, ref_sin = ref_rope(torch.zeros(1), pos)
+print("cos/sin tables identical to transformers':", torch.equal(ref_cos, cos) and torch.equal(ref_sin, sin))
+
+# %% [markdown]
+# ## Grouped-query attention
+#
+# Qwen2 has more query heads than key/value heads: each of the K key/value heads serves
+# H / K query heads (Qwen2.5-0.5B: 14 query heads share 2 key/value heads, a group of 7), which
+# shrinks the KV cache by that factor. To compute, each key/value head is repeated for its group.
+# `expand` creates that view without copying and one `reshape` materialises it, once; PyTorch's
+# `scaled_dot_product_attention` can even skip the copy (`enable_gqa=True`), which is what our
+# default path uses. The score is scaled by $1/\sqrt{d}$, masked causally (and where there is
+# padding), and the softmax runs in float32.
+
+# %%
+show(qm.repeat_kv)
+show(qm.Qwen2Attention.forward)
+
+# %% [markdown]
+# The teaching version loops over query heads and picks each head's key/value group by integer
+# division, the definition of GQA with nothing fused:
+
+
+# %% tags=["teaching"]
+def attention_teaching(attn, x, cos, sin):
+    """GQA written head by head: query head h reads key/value head h // group_size."""
+    b, t, _ = x.shape
+    d, group = attn.head_dim, attn.num_heads // attn.num_kv_heads
+    q = attn.q_proj(x).view(b, t, attn.num_heads, d).transpose(1, 2)
+    k = attn.k_proj(x).view(b, t, attn.num_kv_heads, d).transpose(1, 2)
+    v = attn.v_proj(x).view(b, t, attn.num_kv_heads, d).transpose(1, 2)
+    q, k = qm.apply_rope(q, cos, sin), qm.apply_rope(k, cos, sin)
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    heads = []
+    for h in range(attn.num_heads):
+        g = h // group
+        scores = q[:, h] @ k[:, g].transpose(-1, -2) / d**0.5  # [B, T, T]
+        scores = scores.masked_fill(~causal, float("-inf"))
+        heads.append(torch.softmax(scores.float(), -1).to(x.dtype) @ v[:, g])  # [B, T, d]
+    return attn.o_proj(torch.cat(heads, dim=-1))
+
+
+# %%
+tiny = qm.Qwen2ForCausalLM(cfg).init_weights(seed)
+ref_tiny = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**cfg.to_hf_dict()))
+ref_tiny.config._attn_implementation = "eager"
+ref_tiny.load_state_dict(tiny.state_dict(), strict=False)
+ref_tiny.eval()
+x = torch.randn(2, 7, cfg.hidden_size)
+pos7 = torch.arange(7)[None].expand(2, 7)
+cos7, sin7 = qm.rope_tables(pos7, qm.rope_inv_freq(cfg.head_dim, cfg.rope_theta))
+mask = torch.full((7, 7), torch.finfo(torch.float32).min).triu(1)[None, None]
+attn = tiny.model.layers[0].self_attn
+with torch.no_grad():
+    a_lib = attn(x, cos7, sin7, None, None)
+    a_teach = attention_teaching(attn, x, cos7, sin7)
+    a_ref, _ = ref_tiny.model.layers[0].self_attn(x, (cos7, sin7), mask)
+print(
+    f"library vs transformers: {(a_lib - a_ref).abs().max().item():.1e}; teaching vs library: {(a_teach - a_lib).abs().max().item():.1e}"
+)
+
+# %% [markdown]
+# ## The SwiGLU MLP and the decoder layer
+#
+# The MLP is $\mathrm{down}(\mathrm{silu}(\mathrm{gate}(x)) \odot \mathrm{up}(x))$, with no biases. A
+# decoder layer is pre-norm: $h = x + \mathrm{Attn}(\mathrm{RMSNorm}(x))$, then
+# $\mathrm{out} = h + \mathrm{MLP}(\mathrm{RMSNorm}(h))$. Each intermediate passes through a named
+# hook point (`model.layers.{i}.self_attn.hook_z`, `...hook_resid_post` and so on) so later chapters
+# can read or replace it.
+
+# %%
+show(qm.Qwen2MLP)
+show(qm.Qwen2DecoderLayer)
+
+# %% [markdown]
+# ## The whole model against transformers, on a grid of tiny configs
+#
+# Random weights, float32, eager attention on the transformers side; our model in both its
+# attention paths. Every config runs with a left-padded batch, and only real tokens are compared.
+# Bias off is compared with `LlamaForCausalLM` (transformers' Qwen2 always has q/k/v biases).
+
+# %%
+grid = [(tied, h, kv, bias) for tied, h, kv, bias in [
+    (False, 4, 4, True), (True, 4, 2, True), (False, 8, 2, True), (True, 8, 1, True), (False, 4, 2, False), (True, 8, 2, False),
+]]  # fmt: skip
+rows = []
+ids = torch.randint(0, 101, (3, 13))
+attention_mask = torch.ones_like(ids)
+attention_mask[1, :4] = 0
+attention_mask[2, :1] = 0
+for tied, h, kv, bias in grid:
+    c = tiny_config(
+        tie_word_embeddings=tied, num_attention_heads=h, num_key_value_heads=kv, hidden_size=8 * h,
+        attention_bias=bias, model_type="qwen2" if bias else "llama",
+    )  # fmt: skip
+    mine = qm.Qwen2ForCausalLM(c).init_weights(seed).eval()
+    ref_cls, ref_cfg = (
+        (transformers.Qwen2ForCausalLM, transformers.Qwen2Config)
+        if bias
+        else (transformers.LlamaForCausalLM, transformers.LlamaConfig)
+    )
+    ref = ref_cls(ref_cfg(**c.to_hf_dict()))
+    ref.config._attn_implementation = "eager"
+    ref.load_state_dict(mine.state_dict(), strict=False)
+    ref.eval()
+    keep = attention_mask.bool()
+    with torch.no_grad():
+        r = ref(ids, attention_mask=attention_mask).logits[keep]
+        for impl in ("eager", "sdpa"):
+            mine.set_attn_implementation(impl)
+            diff = (mine(ids, attention_mask=attention_mask).logits[keep] - r).abs().max().item()
+            rows.append(
+                {
+                    "tied": tied,
+                    "heads": h,
+                    "kv heads": kv,
+                    "group": h // kv,
+                    "bias": bias,
+                    "ours": impl,
+                    "max |Δlogit|": diff,
+                }
+            )
+parity = pd.DataFrame(rows)
+parity
+
+# %%
+worst = parity["max |Δlogit|"].max()
+assert worst < 1e-5
+display(
+    Markdown(
+        f"Across {len(parity)} comparisons the largest logit difference is {worst:.1e}, below the tests' 1e-5 tolerance."
+    )
+)
+
+# %% [markdown]
+# ## The real model, layer by layer
+#
+# SmolLM2-135M is a Llama-architecture checkpoint: Qwen2 without q/k/v biases. It loads into our
+# model unchanged apart from that flag. We compare every stage (embedding, each of the 30 layers,
+# the final norm, the logits) with transformers' `LlamaForCausalLM` on the same prompt, and then
+# greedy generations on several prompts.
+
+# %%
+model, tok = load_model(model_name)
+hf_model = load_transformers_model(model.source)
+prompt_text = "Rotary embeddings encode the position of each token by rotating its query and key vectors."
+prompt_ids = torch.tensor([tok.encode(prompt_text)])
+div = pd.DataFrame(layer_divergence(model, hf_model, prompt_ids))
+fig, ax = plotting.figure(width=7.0, height=3.2)
+ax.semilogy(div["max_abs_diff"].clip(lower=1e-10).values, marker="o", label="max |ours − transformers|")
+ax.semilogy(div["tolerance"].values, ls="--", color="grey", label="tolerance (atol + rtol·max|value|)")
+ax.set_xticks(range(len(div)), div["stage"], rotation=90, fontsize=7)
+plotting.label(ax, "stage", "absolute difference", f"{model_name} against transformers, per stage")
+ax.legend()
+
+# %%
+from qwen_anatomy.verify import DEFAULT_PROMPTS, first_divergent
+
+prompts = DEFAULT_PROMPTS[:verify_prompts]
+agree = []
+for text in prompts:
+    ids_ = tok.encode(text)
+    ours_tokens = generate(model, [ids_], max_new_tokens=20)[0]
+    with torch.no_grad():
+        ref_tokens = hf_model.generate(
+            torch.tensor([ids_]), attention_mask=torch.ones(1, len(ids_), dtype=torch.long),
+            max_new_tokens=20, do_sample=False, pad_token_id=tok.eos_token_id,
+        )[0, len(ids_):].tolist()  # fmt: skip
+    agree.append(
+        {
+            "prompt": text,
+            "same greedy tokens": ours_tokens == ref_tokens,
+            "continuation": tok.decode(ours_tokens),
+        }
+    )
+agree = pd.DataFrame(agree)
+agree
+
+# %%
+first = first_divergent(div.to_dict("records"))
+display(
+    Markdown(
+        f"Largest logit difference on the prompt: {div['max_abs_diff'].iloc[-1]:.1e}; the largest of any stage is "
+        f"{div['max_abs_diff'].max():.1e}, in `{div.loc[div['max_abs_diff'].idxmax(), 'stage']}`, where activations reach "
+        f"{div['max_abs_value'].max():.0f} in magnitude. "
+        + (
+            "No stage exceeds its tolerance. "
+            if first is None
+            else f"The first stage over its tolerance is `{first}`. "
+        )
+        + f"Greedy tokens agree on {int(agree['same greedy tokens'].sum())} of {len(agree)} prompts. "
+        "The same report is available for any checkpoint: `qwen-anatomy verify MODEL`."
+    )
+)
+
+# %% [markdown]
+# ## What the model attends to
+#
+# The attention probabilities are a named activation (`hook_pattern`), computed on the eager path
+# when something reads them. One head of one layer, on the prompt above:
+
+# %%
+layer, head = 4, 2
+_, acts = qm.run_with_cache(model, prompt_ids, [f"model.layers.{layer}.self_attn.hook_pattern"])
+pattern = acts[f"model.layers.{layer}.self_attn.hook_pattern"][0, head]
+labels = [tok.decode([i]) for i in prompt_ids[0].tolist()]
+fig, ax = plotting.figure(width=6.5, height=5.5)
+plotting.heatmap(
+    ax,
+    pattern.numpy(),
+    "key position",
+    "query position",
+    f"layer {layer}, head {head}",
+    "attention probability",
+)
+ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+ax.set_yticks(range(len(labels)), labels, fontsize=7)
+print(
+    f"mean attention on the first token across heads of layer {layer}: {acts[f'model.layers.{layer}.self_attn.hook_pattern'][0, :, 1:, 0].mean():.2f}"
+)
+
+# %% [markdown]
+# ## Generation with a KV cache
+#
+# Generating token $t$ needs the keys and values of every earlier token. Recomputing them at each
+# step costs a full forward pass of the growing prefix; a KV cache keeps them, so each step runs
+# the model on one token. The cache must change nothing but the speed:
+
+# %%
+chat = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
+chat_ids = tok.encode(chat)
+timings = {}
+outputs = {}
+for use_cache in (True, False):
+    start = time.perf_counter()
+    outputs[use_cache] = generate(
+        model, [chat_ids], max_new_tokens=generate_tokens, eos_token_id=tok.eos_token_id, use_cache=use_cache
+    )[0]
+    timings[use_cache] = time.perf_counter() - start
+answer = tok.decode(outputs[True])
+print(repr(answer))
+display(
+    Markdown(
+        f"With the cache: {timings[True]:.2f} s; recomputing the prefix each step: {timings[False]:.2f} s "
+        f"({timings[False] / timings[True]:.1f}× slower) for {len(outputs[True])} tokens. "
+        f"Same tokens: {outputs[True] == outputs[False]}."
+    )
+)
+
+# %% [markdown]
+# ## Batches with left padding
+#
+# Prompts of different lengths are padded on the left so that all rows end at the same column and
+# the next token of every row is predicted at the last position. Padding keys are masked out and
+# each row's positions count only its own tokens, so a padded row computes what it would compute
+# alone:
+
+# %%
+questions = [
+    "What is the capital of France?",
+    "Name a prime number.",
+    "What colour is the sky on a clear day?",
+]
+batch = [tok.encode(tok.apply_chat_template([{"role": "user", "content": q}])) for q in questions]
+batched = generate(model, batch, max_new_tokens=generate_tokens, eos_token_id=tok.eos_token_id)
+singles = [
+    generate(model, [b], max_new_tokens=generate_tokens, eos_token_id=tok.eos_token_id)[0] for b in batch
+]
+pd.DataFrame(
+    {
+        "question": questions,
+        "answer (batched)": [tok.decode(o) for o in batched],
+        "same as alone": [a == b for a, b in zip(batched, singles, strict=True)],
+    }
+)
+
+# %%
+same = sum(a == b for a, b in zip(batched, singles, strict=True))
+display(
+    Markdown(
+        f"{same} of {len(questions)} batched rows equal their one-by-one generation (prompt lengths {sorted({len(b) for b in batch})})."
+    )
+)
