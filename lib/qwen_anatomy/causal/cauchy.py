@@ -1,0 +1,124 @@
+"""Cauchy (and, for the ablation, Normal) distributions in closed form (chapter 50_causal_heads).
+
+The one fact CausalQwen rests on: for independent X_j ~ Cauchy(mu_j, gamma_j),
+sum_j w_j X_j + b ~ Cauchy(sum_j w_j mu_j + b, sum_j |w_j| gamma_j). A linear layer therefore maps a
+Cauchy vector to a Cauchy vector with a matrix product for the locations and a product with |W| for
+the scales, with no sampling. The Normal ablation replaces the scale rule by
+sqrt(sum_j w_j^2 sigma_j^2).
+
+Shapes: ``loc``/``scale`` [..., C]; ``weight`` [O, C] (nn.Linear layout); results [..., O].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+DISTRIBUTIONS = ("cauchy", "normal")
+
+# Two-sided 95% half-width in units of the scale: tan(0.475 pi) for Cauchy, 1.96 for Normal.
+HALF_WIDTH_95 = {"cauchy": math.tan(math.pi * 0.475), "normal": 1.959963984540054}
+
+
+def check_distribution(dist: str) -> str:
+    if dist not in DISTRIBUTIONS:
+        raise ValueError(f"distribution {dist!r}: use one of {DISTRIBUTIONS}")
+    return dist
+
+
+def linear_propagate(
+    loc: torch.Tensor,
+    scale: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    dist: str = "cauchy",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Location and scale of ``X @ weight.T + bias`` for independent components of X.
+
+    Cauchy: scale_out = |W| scale. Normal: scale_out = sqrt(W^2 scale^2).
+    """
+    loc_out = torch.nn.functional.linear(loc, weight, bias)
+    if check_distribution(dist) == "cauchy":
+        scale_out = torch.nn.functional.linear(scale, weight.abs())
+    else:
+        scale_out = torch.nn.functional.linear(scale.square(), weight.square()).clamp_min(1e-30).sqrt()
+    return loc_out, scale_out
+
+
+def add_independent(scale: torch.Tensor, other: torch.Tensor, dist: str = "cauchy") -> torch.Tensor:
+    """Scale of the sum of two independent variables: g1 + g2 (Cauchy), sqrt(s1^2 + s2^2) (Normal)."""
+    if check_distribution(dist) == "cauchy":
+        return scale + other
+    return (scale.square() + other.square()).sqrt()
+
+
+def cdf(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, dist: str = "cauchy") -> torch.Tensor:
+    """P(X <= x): 1/2 + arctan((x - loc)/scale)/pi (Cauchy) or Phi((x - loc)/scale) (Normal)."""
+    t = (x - loc) / scale
+    if check_distribution(dist) == "cauchy":
+        return 0.5 + torch.atan(t) / math.pi
+    return 0.5 * (1.0 + torch.erf(t / math.sqrt(2.0)))
+
+
+def ovr_probability(
+    loc: torch.Tensor, scale: torch.Tensor, threshold: torch.Tensor | float, dist: str = "cauchy"
+) -> torch.Tensor:
+    """One-vs-rest P(S_k > C_k) = 1/2 + arctan((loc_k - C_k)/scale_k)/pi for Cauchy scores."""
+    t = (loc - threshold) / scale
+    if check_distribution(dist) == "cauchy":
+        return 0.5 + torch.atan(t) / math.pi
+    return 0.5 * (1.0 + torch.erf(t / math.sqrt(2.0)))
+
+
+def nll(value: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, dist: str = "cauchy") -> torch.Tensor:
+    """Negative log-likelihood per element.
+
+    Cauchy: log(pi scale) + log(1 + ((v - loc)/scale)^2). Normal: log(sqrt(2 pi) scale) + z^2/2.
+    """
+    z = (value - loc) / scale
+    if check_distribution(dist) == "cauchy":
+        return torch.log(math.pi * scale) + torch.log1p(z.square())
+    return torch.log(math.sqrt(2 * math.pi) * scale) + 0.5 * z.square()
+
+
+def sample(
+    loc: torch.Tensor,
+    scale: torch.Tensor,
+    n: int | None = None,
+    generator: torch.Generator | None = None,
+    dist: str = "cauchy",
+    eps: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Draws by inverse CDF: loc + scale * tan(pi (eps - 1/2)), eps ~ U(0, 1) (Cauchy).
+
+    ``eps`` may be given (shared randomness: one eps for a whole generation). With ``n`` the result
+    has a leading dimension of n draws.
+    """
+    shape = loc.shape if n is None else (n, *loc.shape)
+    if eps is None:
+        eps = torch.rand(
+            shape, generator=generator, dtype=torch.float64 if loc.dtype == torch.float64 else torch.float32
+        )
+        eps = eps.to(loc.device)
+    if check_distribution(dist) == "cauchy":
+        noise = torch.tan(math.pi * (eps - 0.5))
+    else:
+        noise = math.sqrt(2.0) * torch.erfinv(2.0 * eps - 1.0)
+    return loc + scale * noise.to(loc.dtype)
+
+
+def interval_half_width(scale: torch.Tensor, dist: str = "cauchy", level: float = 0.95) -> torch.Tensor:
+    """Half-width of the central interval at ``level`` (12.706 scale for Cauchy at 95%)."""
+    if check_distribution(dist) == "cauchy":
+        return scale * math.tan(math.pi * level / 2)
+    from statistics import NormalDist
+
+    return scale * NormalDist().inv_cdf(0.5 + level / 2)
+
+
+def robust_location_scale(draws: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Median and half the inter-quartile range: the Cauchy location and scale, estimated from draws
+    (the mean and standard deviation of Cauchy draws do not converge)."""
+    q = torch.quantile(draws, torch.tensor([0.25, 0.5, 0.75], dtype=draws.dtype), dim=dim)
+    return q[1], (q[2] - q[0]) / 2

@@ -1,0 +1,269 @@
+"""The experiment suites of chapter 50_causal_heads, each a parameterised ``run(config) -> results``.
+
+Suites: ``basic`` (CausalQwen vs baseline, basic set), ``comprehensive`` (the same two models on all
+four evaluation sets), ``comparison`` (threshold, causal dimension, lambda, alpha), ``ablation``
+(OvR vs softmax cross-entropy x Cauchy vs Normal) and ``initialization`` (gamma0, identity vs random
+abduction). Every variant starts from the same frozen backbone, sees the same training batches
+(same seed) for the same number of steps, and is evaluated on the same fixed evaluation sets.
+
+Saved results (one directory per run, never overwritten) live under
+``data/results/causal/<suite>/<model>-<UTC timestamp>/`` as ``results.json`` beside a
+``run_record.json``. Regenerate with ``qwen-anatomy causal suite --suite NAME [--model M --steps N]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+from ..errors import UserInputError
+from ..runrecord import REPO_ROOT, RunRecord, atomic_write_json, refuse_overwrite
+from .data import EVAL_SETS, evaluation_sets, make_texts
+
+RESULTS_ROOT = REPO_ROOT / "data" / "results" / "causal"
+SUITES = ("basic", "comprehensive", "comparison", "ablation", "initialization")
+
+DEFAULTS = {
+    "model": "causal-tiny-lm",
+    "steps": 300,
+    "batch_size": 16,
+    "max_length": 48,
+    "lr": 1e-2,
+    "n_train": 2000,
+    "n_eval": 64,
+    "seed": 0,
+    "eval_batch": 16,
+    "log_every": 10,
+    "thresholds": [0.0, 10.0, 100.0, 1000.0],
+    "lambdas": [0.1, 1.0, 10.0],
+    "alphas": [0.0, 0.5, 1.0],
+    "gamma0s": [1.0, 10.0, 100.0],
+    "causal": {},  # CausalConfig overrides shared by every causal variant
+}
+
+
+def suite_variants(suite: str, cfg: dict, hidden_size: int) -> list[tuple[str, str, dict]]:
+    """(name, kind, CausalConfig overrides) per variant; kind is "causal" or "baseline"."""
+    if suite in ("basic", "comprehensive"):
+        return [("CausalQwen", "causal", {}), ("baseline", "baseline", {})]
+    if suite == "comparison":
+        out = [(f"threshold={t:g}", "causal", {"threshold": t}) for t in cfg["thresholds"]]
+        out += [
+            (f"causal_dim={hidden_size}", "causal", {}),
+            (
+                f"causal_dim={hidden_size // 2}",
+                "causal",
+                {"causal_dim": hidden_size // 2, "abduction_init": "random"},
+            ),
+        ]
+        out += [(f"lambda={v:g}", "causal", {"lam": v}) for v in cfg["lambdas"]]
+        out += [(f"alpha={v:g}", "causal", {"alpha": v}) for v in cfg["alphas"]]
+        return out
+    if suite == "ablation":
+        return [
+            (f"{c}+{d}", "causal", {"classifier": c, "distribution": d})
+            for c in ("ovr", "softmax")
+            for d in ("cauchy", "normal")
+        ]
+    if suite == "initialization":
+        out = [(f"gamma0={g:g}", "causal", {"gamma0": g}) for g in cfg["gamma0s"]]
+        return out + [("random abduction", "causal", {"abduction_init": "random"})]
+    raise UserInputError(f"suite {suite!r}: use one of {SUITES}")
+
+
+def check_config(config: dict) -> dict:
+    """Merge with DEFAULTS and validate everything before any model is loaded."""
+    from .model import CausalConfig
+
+    unknown = set(config) - set(DEFAULTS) - {"suite", "eval_sets"}
+    if unknown:
+        raise UserInputError(f"unknown suite setting(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    cfg = {**DEFAULTS, **config}
+    if cfg.get("suite") not in SUITES:
+        raise UserInputError(f"suite {cfg.get('suite')!r}: use one of {SUITES}")
+    for key in ("steps", "batch_size", "max_length", "n_train", "n_eval", "eval_batch", "log_every"):
+        if not isinstance(cfg[key], int) or cfg[key] <= 0:
+            raise UserInputError(f"{key}={cfg[key]!r} must be a positive integer")
+    if not (isinstance(cfg["lr"], int | float) and math.isfinite(cfg["lr"]) and cfg["lr"] > 0):
+        raise UserInputError(f"lr={cfg['lr']!r} must be a finite number > 0")
+    base = CausalConfig(**cfg["causal"]).validate()
+    for t in cfg["thresholds"]:
+        base.replace(threshold=t).validate()
+    for v in cfg["lambdas"]:
+        base.replace(lam=v).validate()
+    for v in cfg["alphas"]:
+        base.replace(alpha=v).validate()
+    for v in cfg["gamma0s"]:
+        base.replace(gamma0=v).validate()
+    sets = cfg.get("eval_sets") or (list(EVAL_SETS) if cfg["suite"] != "basic" else ["basic"])
+    bad = [s for s in sets if s not in EVAL_SETS]
+    if bad:
+        raise UserInputError(f"evaluation set(s) {bad}: use some of {EVAL_SETS}")
+    cfg["eval_sets"] = list(sets)
+    return cfg
+
+
+def build(kind: str, base, num_token_id: int, overrides: dict, shared: dict):
+    from .model import BaselineQwen, CausalConfig, CausalQwen
+
+    conf = CausalConfig(**{**shared, **overrides})
+    if not conf.freeze_backbone:
+        base = copy.deepcopy(base)  # fine-tuning must not leak into the next variant
+    cls = CausalQwen if kind == "causal" else BaselineQwen
+    return cls(base, num_token_id, conf)
+
+
+def run(config: dict, log=print) -> dict:
+    """Train and evaluate every variant of one suite; returns a JSON-able results dict."""
+    import torch
+
+    from ..loading import load_model
+    from .numtok import NumberTokenizer
+    from .train import evaluate, step0_agreement, train
+
+    cfg = check_config(config)
+    base, tok = load_model(cfg["model"])
+    if tok is None:
+        raise UserInputError(f"model {cfg['model']!r} has no tokenizer.json; CausalQwen needs its tokenizer")
+    numtok = NumberTokenizer(tok)
+    texts = make_texts("train", cfg["n_train"], cfg["seed"])
+    evals = {k: v for k, v in evaluation_sets(cfg["n_eval"]).items() if k in cfg["eval_sets"]}
+    results = {
+        "suite": cfg["suite"],
+        "config": cfg,
+        "backbone": {
+            "model": cfg["model"],
+            "hidden_size": base.config.hidden_size,
+            "layers": base.config.num_hidden_layers,
+            "vocab_size": numtok.vocab_size,
+            "num_token_id": numtok.num_token_id,
+            "num_row_added": numtok.added_num_row,
+        },
+        "variants": [],
+    }
+    for name, kind, overrides in suite_variants(cfg["suite"], cfg, base.config.hidden_size):
+        torch.manual_seed(cfg["seed"])
+        model = build(kind, base, numtok.num_token_id, overrides, cfg["causal"])
+        row = {"name": name, "kind": kind, "overrides": overrides, "config": model.config.to_dict()}
+        if kind == "causal":
+            row["step0_ovr_agrees_with_base"] = step0_agreement(
+                model, numtok, evals[cfg["eval_sets"][0]][:16]
+            )
+        t0 = time.perf_counter()
+        row["log"] = train(
+            model,
+            numtok,
+            texts,
+            cfg["steps"],
+            cfg["batch_size"],
+            cfg["max_length"],
+            cfg["lr"],
+            cfg["seed"],
+            cfg["log_every"],
+            on_log=lambda r, name=name: log(
+                f"  {name} step {r['step']}: loss {r['loss']:.4g}, median sum P {r['median_sum_p']:.4g} ({r['seconds']} s)"
+            ),
+        )
+        row["train_seconds"] = round(time.perf_counter() - t0, 2)
+        row["metrics"] = {
+            k: evaluate(model, numtok, v, cfg["eval_batch"], cfg["max_length"]) for k, v in evals.items()
+        }
+        log(
+            f"[{cfg['suite']}] {name}: {json.dumps({k: round(v['num_f1'], 3) for k, v in row['metrics'].items()})} "
+            f"({row['train_seconds']} s)"
+        )
+        results["variants"].append(row)
+        del model
+    return results
+
+
+def run_and_save(config: dict, root: str | Path = RESULTS_ROOT, log=print) -> Path:
+    """``run`` with a run record, into a new directory ``root/<suite>/<model>-<timestamp>/``."""
+    cfg = check_config(config)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    model_tag = Path(str(cfg["model"])).name
+    out = refuse_overwrite(Path(root) / cfg["suite"] / f"{model_tag}-{stamp}", "results directory")
+    command = (
+        f"qwen-anatomy causal suite --suite {cfg['suite']} --model {cfg['model']} --steps {cfg['steps']}"
+    )
+    with RunRecord(out / "run_record.json", command, cfg, seed=cfg["seed"]) as record:
+        with record.stage("run"):
+            results = run(cfg, log=log)
+        atomic_write_json(out / "results.json", results)
+    return out
+
+
+def latest_results(
+    suite: str, model: str | None = None, root: str | Path = RESULTS_ROOT
+) -> tuple[dict, Path] | None:
+    """The newest successful saved run of a suite (optionally for one model), or None."""
+    folder = Path(root) / suite
+    if not folder.is_dir():
+        return None
+    for run_dir in sorted(folder.iterdir(), reverse=True):
+        rec, res = run_dir / "run_record.json", run_dir / "results.json"
+        if not (rec.is_file() and res.is_file()):
+            continue
+        if json.loads(rec.read_text()).get("status") != "success":
+            continue
+        results = json.loads(res.read_text())
+        if model is None or results["backbone"]["model"] == model:
+            return results, run_dir
+    return None
+
+
+WINNER_RULES = (("num_f1", "higher"), ("mae", "lower"), ("coverage95", "nearer 0.95"))
+
+
+def winners(results: dict, rules=WINNER_RULES) -> list[dict]:
+    """CausalQwen against the baseline of one results dict: one row per (set, metric) with both values
+    and the winner ("CausalQwen", "baseline", "tie", or "undefined" when a value is NaN)."""
+    by_kind = {v["kind"]: v for v in results["variants"]}
+    if "causal" not in by_kind or "baseline" not in by_kind:
+        raise UserInputError(f"suite {results.get('suite')!r} has no CausalQwen/baseline pair to compare")
+    causal, base = by_kind["causal"]["metrics"], by_kind["baseline"]["metrics"]
+    rows = []
+    for set_name in causal:
+        for metric, rule in rules:
+            x, y = causal[set_name][metric], base[set_name][metric]
+            if x != x or y != y:
+                win = "undefined"
+            else:
+                if rule == "higher":
+                    a, b = x, y
+                elif rule == "lower":
+                    a, b = -x, -y
+                else:
+                    a, b = -abs(x - 0.95), -abs(y - 0.95)
+                win = "CausalQwen" if a > b else "baseline" if b > a else "tie"
+            rows.append({"set": set_name, "metric": metric, "CausalQwen": x, "baseline": y, "winner": win})
+    return rows
+
+
+def all_results(
+    suite: str, model: str | None = None, root: str | Path = RESULTS_ROOT
+) -> list[tuple[dict, Path]]:
+    """Every successful saved run of a suite (optionally for one model), oldest first."""
+    folder = Path(root) / suite
+    found = []
+    for run_dir in sorted(folder.iterdir()) if folder.is_dir() else []:
+        rec, res = run_dir / "run_record.json", run_dir / "results.json"
+        if rec.is_file() and res.is_file() and json.loads(rec.read_text()).get("status") == "success":
+            results = json.loads(res.read_text())
+            if model is None or results["backbone"]["model"] == model:
+                found.append((results, run_dir))
+    return found
+
+
+def metrics_table(results: dict, metrics=("num_f1", "mae", "coverage95", "accuracy")):
+    """A pandas table: one row per (variant, evaluation set), one column per metric."""
+    import pandas as pd
+
+    rows = []
+    for v in results["variants"]:
+        for set_name, m in v["metrics"].items():
+            rows.append({"variant": v["name"], "set": set_name, **{k: m[k] for k in metrics}})
+    return pd.DataFrame(rows)

@@ -1,0 +1,357 @@
+"""CausalQwen: abduction and action heads on a Qwen2 backbone (chapter 50_causal_heads).
+
+Per position: e = Embed(x) + phi(v) -> backbone -> z [B, T, H] (after the final norm) ->
+abduction U ~ Cauchy(loc_U, scale_U) [B, T, C] -> action: U' = U + noise (scale + |b_noise|) ->
+class scores S ~ Cauchy(loc_S, scale_S) [B, T, V] judged one-vs-rest, and the number value
+Y ~ Cauchy(loc_Y, scale_Y) [B, T]. Everything is analytic (:mod:`qwen_anatomy.causal.cauchy`).
+
+Ablation switches in :class:`CausalConfig` change real code paths: ``classifier="softmax"`` trains
+with cross-entropy on loc_S instead of OvR binary cross-entropy, ``distribution="normal"`` propagates
+scales as sqrt(sum w^2 sigma^2) and uses Normal CDF / NLL, ``abduction_init="random"`` starts the
+abduction from Xavier weights instead of the identity. :class:`BaselineQwen` is the honest baseline:
+the same backbone and numeric fusion with a plain softmax LM head and a Normal regression head.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserInputError
+from ..model import Qwen2ForCausalLM
+from . import cauchy
+
+CLASSIFIERS = ("ovr", "softmax")
+THRESHOLD_MODES = ("scalar", "per_class", "learnable")
+ABDUCTION_INITS = ("identity", "random")
+
+
+@dataclass(frozen=True)
+class CausalConfig:
+    """Every knob of the causal heads and their loss. ``causal_dim=None`` means C = H."""
+
+    causal_dim: int | None = None
+    gamma0: float = 10.0  # softplus(b_s) at initialisation: the prior scale of U
+    b_noise: float = 0.1
+    threshold: float = 10.0  # C_k; default chosen by measurement in chapter 50
+    threshold_mode: str = "scalar"
+    alpha: float = 1.0  # gate: 1 = hard mask, 0 = weight by P_<NUM>
+    lam: float = 1.0  # weight of the regression term
+    classifier: str = "ovr"
+    distribution: str = "cauchy"
+    abduction_init: str = "identity"
+    reg_gain: float = 0.01
+    freeze_backbone: bool = True
+    seed: int = 0
+
+    def replace(self, **changes) -> CausalConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self, hidden_size: int | None = None) -> CausalConfig:
+        """Raise UserInputError naming the bad field and what is accepted (before any training)."""
+
+        def finite(name):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value):
+                raise UserInputError(f"{name}={value!r} must be a finite number")
+            return value
+
+        finite("threshold")
+        if not 0.0 <= finite("alpha") <= 1.0:
+            raise UserInputError(
+                f"alpha={self.alpha} must lie in [0, 1] (1 = hard mask, 0 = gate by P_<NUM>)"
+            )
+        if finite("lam") < 0:
+            raise UserInputError(f"lam={self.lam} must be >= 0")
+        if finite("gamma0") <= 0:
+            raise UserInputError(f"gamma0={self.gamma0} must be > 0 (it is the initial scale of U)")
+        if finite("b_noise") < 0:
+            raise UserInputError(f"b_noise={self.b_noise} must be >= 0")
+        for name, allowed in (
+            ("classifier", CLASSIFIERS),
+            ("distribution", cauchy.DISTRIBUTIONS),
+            ("threshold_mode", THRESHOLD_MODES),
+            ("abduction_init", ABDUCTION_INITS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise UserInputError(f"{name}={getattr(self, name)!r}: use one of {allowed}")
+        if self.causal_dim is not None and (not isinstance(self.causal_dim, int) or self.causal_dim <= 0):
+            raise UserInputError(f"causal_dim={self.causal_dim!r} must be a positive integer")
+        if (
+            hidden_size is not None
+            and self.abduction_init == "identity"
+            and self.causal_dim not in (None, hidden_size)
+        ):
+            raise UserInputError(
+                f"causal_dim={self.causal_dim} differs from the hidden size {hidden_size}, so the identity "
+                "abduction init is impossible: use abduction_init='random' or causal_dim=hidden size"
+            )
+        return self
+
+
+@dataclass
+class CausalOutput:
+    """Per-position distributions. Shapes: z [B,T,H]; *_U [B,T,C]; *_S, probs [B,T,V]; *_Y [B,T]."""
+
+    z: torch.Tensor
+    loc_U: torch.Tensor | None
+    scale_U: torch.Tensor | None
+    loc_S: torch.Tensor
+    scale_S: torch.Tensor | None
+    probs: torch.Tensor  # OvR P_k (do not sum to 1), or softmax for the softmax classifier/baseline
+    loc_Y: torch.Tensor
+    scale_Y: torch.Tensor
+    distribution: str = "cauchy"
+
+
+def phi(values: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """Numeric embedding sign(v) ln(1 + |v|) w: [B, T] x [H] -> [B, T, H]; phi(0) = 0 exactly."""
+    return (torch.sign(values) * torch.log1p(values.abs())).unsqueeze(-1) * direction
+
+
+class _NumericFusion(nn.Module):
+    """Token embedding (the backbone's table, plus new rows when it has no spare row) + phi(v)."""
+
+    def _init_fusion(self, backbone: Qwen2ForCausalLM, num_token_id: int, generator: torch.Generator):
+        self.backbone = backbone
+        self.num_token_id = int(num_token_id)
+        h = backbone.config.hidden_size
+        table = backbone.model.embed_tokens.weight
+        self.base_vocab = table.shape[0]
+        self.vocab_size = max(self.base_vocab, self.num_token_id + 1)
+        n_new = self.vocab_size - self.base_vocab
+        # a model without spare rows (SmolLM2) gets new rows initialised to the mean embedding
+        self.extra_rows = (
+            nn.Parameter(table.detach().mean(0, keepdim=True).repeat(n_new, 1).clone()) if n_new else None
+        )
+        w = torch.randn(h, generator=generator)
+        self.num_direction = nn.Parameter((w / w.norm()).to(table.dtype))
+
+    def embed(self, input_ids: torch.Tensor, numerical_values: torch.Tensor | None = None) -> torch.Tensor:
+        table = self.backbone.model.embed_tokens
+        if self.extra_rows is None:
+            e = table(input_ids)
+        else:
+            new = input_ids >= self.base_vocab
+            e = table(input_ids.clamp(max=self.base_vocab - 1))
+            extra = self.extra_rows[(input_ids - self.base_vocab).clamp(min=0)]
+            e = torch.where(new.unsqueeze(-1), extra, e)
+        if numerical_values is not None:
+            e = e + phi(numerical_values.to(e.dtype), self.num_direction)
+        return e
+
+    def features(self, input_ids, numerical_values=None, attention_mask=None) -> torch.Tensor:
+        """z: the backbone's last hidden state after the final norm, [B, T, H]."""
+        e = self.embed(input_ids, numerical_values)
+        out = self.backbone(inputs_embeds=e, attention_mask=attention_mask, logits_to_keep=1)
+        return out.last_hidden_state
+
+    def _class_head_from_base(self, base_head: torch.Tensor) -> torch.Tensor:
+        """An independent copy of the base LM head [V, H], with mean rows for new tokens."""
+        w = base_head.detach().clone()
+        n_new = self.vocab_size - w.shape[0]
+        if n_new:
+            w = torch.cat([w, w.mean(0, keepdim=True).repeat(n_new, 1)])
+        return w
+
+
+def _freeze(backbone: nn.Module, frozen: bool) -> None:
+    for p in backbone.parameters():
+        p.requires_grad_(not frozen)
+
+
+class CausalQwen(_NumericFusion):
+    """Abduction + action heads over a Qwen2 backbone. Build with :meth:`from_base`."""
+
+    def __init__(self, backbone: Qwen2ForCausalLM, num_token_id: int, config: CausalConfig | None = None):
+        super().__init__()
+        config = (config or CausalConfig()).validate(backbone.config.hidden_size)
+        self.config = config
+        g = torch.Generator().manual_seed(config.seed)
+        self._init_fusion(backbone, num_token_id, g)
+        h = backbone.config.hidden_size
+        c = config.causal_dim or h
+        self.causal_dim = c
+        self.abduction_loc = nn.Linear(h, c)
+        self.abduction_scale = nn.Linear(h, c)
+        self.class_head = nn.Linear(c, self.vocab_size)
+        self.reg_head = nn.Linear(c, 1)
+        self.b_noise = nn.Parameter(torch.full((c,), float(config.b_noise)))
+        if config.threshold_mode == "scalar":
+            self.register_buffer("threshold", torch.tensor(float(config.threshold)))
+        elif config.threshold_mode == "per_class":
+            self.register_buffer("threshold", torch.full((self.vocab_size,), float(config.threshold)))
+        else:
+            self.threshold = nn.Parameter(torch.full((self.vocab_size,), float(config.threshold)))
+        self._initialise(g)
+        _freeze(backbone, config.freeze_backbone)
+
+    @classmethod
+    def from_base(cls, base: Qwen2ForCausalLM, num_token_id: int, config: CausalConfig | None = None):
+        """Start from a base model: identity abduction, untied copy of its LM head (so loc_S equals the
+        base logits at step 0), small regression head, b_noise = 0.1, softplus(b_s) = gamma0."""
+        return cls(base, num_token_id, config)
+
+    @torch.no_grad()
+    def _initialise(self, g: torch.Generator) -> None:
+        cfg, h, c = self.config, self.backbone.config.hidden_size, self.causal_dim
+
+        def xavier(w, gain=1.0):
+            bound = gain * math.sqrt(6.0 / (w.shape[0] + w.shape[1]))
+            w.copy_((torch.rand(w.shape, generator=g) * 2 - 1) * bound)
+
+        if cfg.abduction_init == "identity":
+            self.abduction_loc.weight.copy_(torch.eye(c, h))
+        else:
+            xavier(self.abduction_loc.weight)
+        self.abduction_loc.bias.zero_()
+        self.abduction_scale.weight.zero_()
+        # softplus^-1(gamma0) = log(expm1(gamma0)), stable for large gamma0
+        self.abduction_scale.bias.fill_(cfg.gamma0 + math.log(-math.expm1(-cfg.gamma0)))
+        if c == h:
+            self.class_head.weight.copy_(self._class_head_from_base(self.backbone.lm_head.weight))
+        else:
+            xavier(self.class_head.weight)
+        self.class_head.bias.zero_()
+        xavier(self.reg_head.weight, cfg.reg_gain)
+        self.reg_head.bias.zero_()
+
+    def heads(self, z: torch.Tensor) -> CausalOutput:
+        """Abduction and action on features z [B, T, H]."""
+        dist = self.config.distribution
+        loc_u = self.abduction_loc(z)
+        scale_u = F.softplus(self.abduction_scale(z))
+        scale_total = cauchy.add_independent(scale_u, self.b_noise.abs(), dist)
+        loc_s, scale_s = cauchy.linear_propagate(
+            loc_u, scale_total, self.class_head.weight, self.class_head.bias, dist
+        )
+        loc_y, scale_y = cauchy.linear_propagate(
+            loc_u, scale_total, self.reg_head.weight, self.reg_head.bias, dist
+        )
+        if self.config.classifier == "ovr":
+            probs = cauchy.ovr_probability(loc_s, scale_s, self.threshold, dist)
+        else:
+            probs = torch.softmax(loc_s, dim=-1)
+        return CausalOutput(z, loc_u, scale_u, loc_s, scale_s, probs, loc_y[..., 0], scale_y[..., 0], dist)
+
+    def forward(self, input_ids, numerical_values=None, attention_mask=None) -> CausalOutput:
+        return self.heads(self.features(input_ids, numerical_values, attention_mask))
+
+    def actions_from_u(self, u: torch.Tensor):
+        """Causal sampling: given an individual u [.., C], class scores are Cauchy(W u + b, |W||b_noise|)."""
+        dist = self.config.distribution
+        noise = self.b_noise.abs().expand_as(u)
+        loc_s, scale_s = cauchy.linear_propagate(u, noise, self.class_head.weight, self.class_head.bias, dist)
+        loc_y, _ = cauchy.linear_propagate(u, noise, self.reg_head.weight, self.reg_head.bias, dist)
+        if self.config.classifier == "ovr":
+            probs = cauchy.ovr_probability(loc_s, scale_s, self.threshold, dist)
+        else:
+            probs = torch.softmax(loc_s, dim=-1)
+        return probs, loc_y[..., 0]
+
+
+class BaselineQwen(_NumericFusion):
+    """Same backbone and numeric fusion; softmax LM head (untied copy) + Normal regression head."""
+
+    def __init__(self, backbone: Qwen2ForCausalLM, num_token_id: int, config: CausalConfig | None = None):
+        super().__init__()
+        config = (config or CausalConfig()).validate()
+        self.config = config.replace(classifier="softmax", distribution="normal", alpha=1.0)
+        g = torch.Generator().manual_seed(config.seed)
+        self._init_fusion(backbone, num_token_id, g)
+        h = backbone.config.hidden_size
+        self.lm_head = nn.Linear(h, self.vocab_size, bias=False)
+        self.reg_head = nn.Linear(h, 2)  # mean, softplus^-1(sigma)
+        with torch.no_grad():
+            self.lm_head.weight.copy_(self._class_head_from_base(backbone.lm_head.weight))
+            bound = config.reg_gain * math.sqrt(6.0 / (h + 2))
+            self.reg_head.weight.copy_((torch.rand(self.reg_head.weight.shape, generator=g) * 2 - 1) * bound)
+            self.reg_head.bias.copy_(
+                torch.tensor([0.0, config.gamma0 + math.log(-math.expm1(-config.gamma0))])
+            )
+        _freeze(backbone, config.freeze_backbone)
+
+    def forward(self, input_ids, numerical_values=None, attention_mask=None) -> CausalOutput:
+        z = self.features(input_ids, numerical_values, attention_mask)
+        logits = self.lm_head(z)
+        reg = self.reg_head(z)
+        return CausalOutput(
+            z,
+            None,
+            None,
+            logits,
+            None,
+            torch.softmax(logits, -1),
+            reg[..., 0],
+            F.softplus(reg[..., 1]),
+            "normal",
+        )
+
+
+def next_token_targets(input_ids, numerical_values, attention_mask, num_token_id):
+    """Labels, valid mask, number mask and target values of the next-token convention.
+
+    labels_i = x_{i+1}; valid_i = position i and i+1 both real (the last position is ignored);
+    m_i = valid_i and labels_i == <NUM>; target value v_i = numerical_values_{i+1}. All [B, T].
+    """
+    b, t = input_ids.shape
+    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    labels = torch.zeros_like(input_ids)
+    labels[:, :-1] = input_ids[:, 1:]
+    valid = torch.zeros_like(mask)
+    valid[:, :-1] = mask[:, :-1] & mask[:, 1:]
+    values = torch.zeros(b, t, dtype=torch.float32, device=input_ids.device)
+    if numerical_values is not None:
+        values[:, :-1] = numerical_values[:, 1:].float()
+    is_num = valid & (labels == num_token_id)
+    return labels, valid, is_num, values
+
+
+def gated_loss(
+    out: CausalOutput,
+    input_ids: torch.Tensor,
+    numerical_values: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    num_token_id: int,
+    alpha: float = 1.0,
+    lam: float = 1.0,
+    classifier: str = "ovr",
+    eps: float = 1e-7,
+) -> dict[str, torch.Tensor]:
+    """Total = mean classification loss over valid positions + lam * sum(g NLL) / sum(m).
+
+    OvR classification: binary cross-entropy summed over the vocabulary (one-hot target), P clamped
+    to [eps, 1 - eps]; softmax: cross-entropy on loc_S. Gate g_i = m_i (alpha + (1 - alpha) P_<NUM>,i),
+    with P_<NUM> detached (chapter 50 says why). Denominators are at least 1.
+    """
+    labels, valid, is_num, values = next_token_targets(
+        input_ids, numerical_values, attention_mask, num_token_id
+    )
+    n_valid = valid.sum().clamp_min(1)
+    n_num = is_num.sum().clamp_min(1)
+    if classifier == "ovr":
+        p = out.probs.clamp(eps, 1 - eps)
+        # sum_k -log(1 - P_k) over every k, then swap in -log P_y for the target (no [B,T,V] one-hot)
+        neg = -torch.log1p(-p)
+        p_target = p.gather(-1, labels[..., None])[..., 0]
+        per_pos = neg.sum(-1) + torch.log1p(-p_target) - torch.log(p_target)
+    else:
+        per_pos = F.cross_entropy(out.loc_S.transpose(1, 2), labels, reduction="none")
+    cls_loss = (per_pos * valid).sum() / n_valid
+    nll = cauchy.nll(values, out.loc_Y, out.scale_Y, out.distribution)
+    p_num = out.probs[..., num_token_id].detach()
+    gate = is_num.float() * (alpha + (1 - alpha) * p_num)
+    reg_loss = (gate * torch.where(is_num, nll, torch.zeros_like(nll))).sum() / n_num
+    return {
+        "loss": cls_loss + lam * reg_loss,
+        "cls": cls_loss,
+        "reg": reg_loss,
+        "gate_mean": gate.sum() / n_num,
+    }

@@ -1,0 +1,305 @@
+"""``qwen-anatomy causal train|eval|generate|suite|pretrain``: CausalQwen from the command line (Part V).
+
+Nothing heavy is imported at module level; every input is validated before a model is loaded.
+``train`` writes a heads directory (the trained heads only: the frozen backbone is named, not copied):
+heads.safetensors, causal_config.json, training_log.json and run_record.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from pathlib import Path
+
+from ..cli import positive_int
+from ..errors import UserInputError
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("causal", help="CausalQwen: Cauchy abduction/action heads (Part V)")
+    sub = p.add_subparsers(dest="causal_command", metavar="ACTION", parser_class=type(p))
+    sub.required = True
+
+    t = sub.add_parser("train", help="train CausalQwen (or the baseline) heads on a frozen backbone")
+    t.add_argument(
+        "--model", default="causal-tiny-lm", help="backbone: built-in name, shipped name or directory"
+    )
+    t.add_argument("--out", required=True, type=Path, help="new directory for the trained heads")
+    t.add_argument("--train-file", type=Path, help="training texts, one per line (default: synthetic texts)")
+    t.add_argument("--n-train", type=positive_int, default=2000, help="synthetic training texts")
+    t.add_argument("--steps", type=positive_int, default=300)
+    t.add_argument("--batch-size", type=positive_int, default=16)
+    t.add_argument("--max-length", type=positive_int, default=48)
+    t.add_argument("--lr", type=_float, default=1e-2)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--baseline", action="store_true", help="train the softmax + Normal baseline instead")
+    t.add_argument("--causal-dim", type=positive_int, default=None, help="C (default: hidden size)")
+    t.add_argument("--gamma0", type=_float, default=10.0)
+    t.add_argument("--threshold", type=_float, default=10.0, help="OvR threshold C_k")
+    t.add_argument("--threshold-mode", default="scalar", help="scalar, per_class or learnable")
+    t.add_argument("--alpha", type=_float, default=1.0, help="gate: 1 hard mask, 0 weight by P_<NUM>")
+    t.add_argument("--lam", type=_float, default=1.0, help="weight of the regression loss")
+    t.add_argument("--classifier", default="ovr", help="ovr or softmax (ablation)")
+    t.add_argument("--distribution", default="cauchy", help="cauchy or normal (ablation)")
+    t.add_argument("--abduction-init", default="identity", help="identity or random (ablation)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate trained heads on the evaluation sets")
+    e.add_argument("--heads", required=True, type=Path, help="directory written by `causal train`")
+    e.add_argument("--sets", default="basic,qa,extreme,boundary", help="comma-separated evaluation sets")
+    e.add_argument("--eval-file", type=Path, help="evaluate on these texts (one per line) instead")
+    e.add_argument("--n-eval", type=positive_int, default=64)
+    e.add_argument("--out", type=Path, help="write the metrics (JSON) and a run record here (a new file)")
+    e.set_defaults(func=cmd_eval)
+
+    g = sub.add_parser("generate", help="generate text; predicted <NUM> tokens print their values")
+    g.add_argument("--heads", required=True, type=Path)
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--mode", default="standard", help="standard, causal, shared or compatible")
+    g.add_argument("--max-new-tokens", type=positive_int, default=20)
+    g.add_argument("--temperature", type=_float, default=0.0, help="compatible mode only")
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("suite", help="run one experiment suite and save results with a run record")
+    s.add_argument(
+        "--suite", required=True, help="basic, comprehensive, comparison, ablation, initialization"
+    )
+    s.add_argument("--model", default="causal-tiny-lm")
+    s.add_argument("--steps", type=positive_int, default=300)
+    s.add_argument("--batch-size", type=positive_int, default=16)
+    s.add_argument("--n-train", type=positive_int, default=2000)
+    s.add_argument("--n-eval", type=positive_int, default=64)
+    s.add_argument("--lr", type=_float, default=1e-2)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--eval-batch", type=positive_int, default=16)
+    s.add_argument("--log-every", type=positive_int, default=10)
+    s.add_argument("--out-root", type=Path, default=None, help="default: data/results/causal")
+    s.set_defaults(func=cmd_suite)
+
+    r = sub.add_parser("pretrain", help="(re)train the small project backbone shipped as causal-tiny-lm")
+    r.add_argument("--out", required=True, type=Path)
+    r.add_argument("--steps", type=positive_int, default=600)
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=cmd_pretrain)
+
+
+def _read_texts(path: Path | None, what: str) -> list[str] | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise UserInputError(f"{what} {path} does not exist")
+    texts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not texts:
+        raise UserInputError(f"{what} {path} is empty: it needs at least one non-blank line of text")
+    return texts
+
+
+def _config_from_args(args):
+    from ..causal.model import CausalConfig
+
+    return CausalConfig(
+        causal_dim=args.causal_dim,
+        gamma0=args.gamma0,
+        threshold=args.threshold,
+        threshold_mode=args.threshold_mode,
+        alpha=args.alpha,
+        lam=args.lam,
+        classifier=args.classifier,
+        distribution=args.distribution,
+        abduction_init=args.abduction_init,
+        seed=args.seed,
+    )
+
+
+def cmd_train(args) -> int:
+    from ..loading import load_config, resolve_model
+    from ..runrecord import refuse_overwrite
+
+    refuse_overwrite(args.out, "heads directory")
+    config = _config_from_args(args)
+    hidden = load_config(resolve_model(args.model)).hidden_size
+    config.validate(None if args.baseline else hidden)
+    if not (args.lr > 0 and args.lr < float("inf")):
+        raise UserInputError(f"--lr {args.lr} must be a finite number > 0")
+    texts = _read_texts(args.train_file, "--train-file")
+
+    import torch
+    from safetensors.torch import save_file
+
+    from ..causal.data import make_texts
+    from ..causal.model import BaselineQwen, CausalQwen
+    from ..causal.numtok import NumberTokenizer
+    from ..causal.train import train
+    from ..loading import load_model
+    from ..runrecord import RunRecord, atomic_write_json
+
+    torch.manual_seed(args.seed)
+    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+    args.out.mkdir(parents=True, exist_ok=True)
+    with RunRecord(
+        args.out / "run_record.json", "qwen-anatomy causal train", params, seed=args.seed
+    ) as record:
+        with record.stage("load"):
+            base, tok = load_model(args.model)
+            if tok is None:
+                raise UserInputError(f"model {args.model!r} has no tokenizer.json; CausalQwen needs one")
+            numtok = NumberTokenizer(tok)
+            cls = BaselineQwen if args.baseline else CausalQwen
+            model = cls(base, numtok.num_token_id, config)
+        if texts is None:
+            texts = make_texts("train", args.n_train, args.seed)
+        with record.stage("train"):
+            log = train(
+                model,
+                numtok,
+                texts,
+                args.steps,
+                args.batch_size,
+                args.max_length,
+                args.lr,
+                args.seed,
+                on_log=lambda row: print(json.dumps({k: round(v, 4) for k, v in row.items()})),
+            )
+        state = {
+            k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith("backbone.")
+        }
+        save_file(state, str(args.out / "heads.safetensors"))
+        atomic_write_json(
+            args.out / "causal_config.json",
+            {
+                "kind": "baseline" if args.baseline else "causal",
+                "model": str(args.model),
+                "num_token_id": numtok.num_token_id,
+                "config": model.config.to_dict(),
+            },
+        )
+        atomic_write_json(args.out / "training_log.json", log)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def load_heads(path: Path):
+    """(model, NumberTokenizer) from a directory written by ``causal train``."""
+    meta_file = Path(path) / "causal_config.json"
+    if not meta_file.is_file():
+        raise UserInputError(
+            f"{path} has no causal_config.json: point --heads at a `causal train --out` directory"
+        )
+    meta = json.loads(meta_file.read_text())
+    from safetensors.torch import load_file
+
+    from ..causal.model import BaselineQwen, CausalConfig, CausalQwen
+    from ..causal.numtok import NumberTokenizer
+    from ..loading import load_model
+
+    base, tok = load_model(meta["model"])
+    numtok = NumberTokenizer(tok)
+    cls = BaselineQwen if meta["kind"] == "baseline" else CausalQwen
+    conf = {k: v for k, v in meta["config"].items()}
+    model = cls(base, meta["num_token_id"], CausalConfig(**conf))
+    missing, unexpected = model.load_state_dict(
+        load_file(str(Path(path) / "heads.safetensors")), strict=False
+    )
+    if unexpected or any(not k.startswith("backbone.") for k in missing):
+        raise UserInputError(f"{path}/heads.safetensors does not fit the model: {unexpected or missing}")
+    return model.eval(), numtok
+
+
+def cmd_eval(args) -> int:
+    from ..causal.data import EVAL_SETS
+
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    bad = [s for s in sets if s not in EVAL_SETS]
+    if bad or not sets:
+        raise UserInputError(f"--sets {args.sets!r}: use some of {','.join(EVAL_SETS)}")
+    if args.out is not None:
+        from ..runrecord import refuse_overwrite
+
+        refuse_overwrite(args.out, "--out")
+    custom = _read_texts(args.eval_file, "--eval-file")
+    model, numtok = load_heads(args.heads)
+    from ..causal.data import evaluation_sets
+    from ..causal.train import evaluate
+    from ..runrecord import RunRecord, atomic_write_json
+
+    data = (
+        {"file": custom} if custom else {k: v for k, v in evaluation_sets(args.n_eval).items() if k in sets}
+    )
+    params = {"heads": str(args.heads), "sets": list(data), "n_eval": args.n_eval}
+    record = (
+        RunRecord(args.out.with_name(args.out.stem + ".run_record.json"), "qwen-anatomy causal eval", params)
+        if args.out
+        else contextlib.nullcontext()
+    )
+    results = {}
+    with record:
+        for name, texts in data.items():
+            results[name] = m = evaluate(model, numtok, texts)
+            print(
+                f"{name:9s} acc {m['accuracy']:.3f} (compat {m['compat_accuracy']:.3f})  <NUM> F1 {m['num_f1']:.3f}  "
+                f"MAE {m['mae']:.3g}  RMSE {m['rmse']:.3g}  coverage95 {m['coverage95']:.3f}  ECE {m['ece']:.3f}"
+            )
+        if args.out:
+            atomic_write_json(args.out, results)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from ..causal.train import MODES
+
+    if args.mode not in MODES:
+        raise UserInputError(f"--mode {args.mode!r}: use one of {', '.join(MODES)}")
+    if not args.prompt.strip():
+        raise UserInputError("--prompt is empty: give some text")
+    if not (0 <= args.temperature < float("inf")):
+        raise UserInputError(f"--temperature {args.temperature} must be a finite number >= 0")
+    model, numtok = load_heads(args.heads)
+    if args.mode in ("causal", "shared") and not hasattr(model, "causal_dim"):
+        raise UserInputError(f"--mode {args.mode} needs CausalQwen heads; {args.heads} holds the baseline")
+    from ..causal.train import generate
+
+    out = generate(model, numtok, args.prompt, args.max_new_tokens, args.mode, args.temperature, args.seed)
+    print(args.prompt + out["text"])
+    if out["numbers"]:
+        print(f"predicted numbers: {out['numbers']}")
+    return 0
+
+
+def cmd_suite(args) -> int:
+    from ..causal.experiments import RESULTS_ROOT, check_config, run_and_save
+
+    config = {
+        "suite": args.suite,
+        "model": args.model,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "n_train": args.n_train,
+        "n_eval": args.n_eval,
+        "lr": args.lr,
+        "seed": args.seed,
+        "eval_batch": args.eval_batch,
+        "log_every": args.log_every,
+    }
+    check_config(config)
+    out = run_and_save(config, args.out_root or RESULTS_ROOT)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from ..runrecord import refuse_overwrite
+
+    refuse_overwrite(args.out, "--out")
+    from ..causal.data import pretrain_project_lm
+
+    print(f"wrote {pretrain_project_lm(args.out, steps=args.steps, seed=args.seed)}")
+    return 0

@@ -1,0 +1,254 @@
+"""CausalQwen model, loss, initialisation and ablation switches (chapter 50)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from qwen_anatomy.causal.model import (
+    BaselineQwen,
+    CausalConfig,
+    CausalOutput,
+    CausalQwen,
+    gated_loss,
+    phi,
+)
+from qwen_anatomy.config import tiny_config
+from qwen_anatomy.errors import UserInputError
+from qwen_anatomy.model import Qwen2ForCausalLM
+
+torch.set_num_threads(1)
+NUM = 7  # a spare row of the tiny vocabulary plays <NUM>
+
+
+def _base(vocab=50, tied=False, seed=0):
+    return Qwen2ForCausalLM(tiny_config(vocab_size=vocab, tie_word_embeddings=tied)).init_weights(seed).eval()
+
+
+def _batch(seed=0, numbers=True):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(8, 50, (2, 9), generator=g)  # ids 8.. never equal NUM
+    vals = torch.zeros(2, 9)
+    if numbers:
+        ids[0, 3], vals[0, 3] = NUM, 12.5
+        ids[1, 5], vals[1, 5] = NUM, -3.0
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, -2:] = 0
+    return ids, vals, mask
+
+
+# -- the gated loss by hand ------------------------------------------------------------------------
+def _two_position_output(dist="cauchy"):
+    # V = 3 with <NUM> = 2; positions: 0 -> label 2 (<NUM>, value 5), 1 -> label 1; position 2 is last
+    probs = torch.tensor([[[0.2, 0.3, 0.6], [0.1, 0.7, 0.4], [0.5, 0.5, 0.5]]])
+    loc_y = torch.tensor([[3.0, 0.0, 0.0]])
+    scale_y = torch.tensor([[2.0, 1.0, 1.0]])
+    out = CausalOutput(None, None, None, torch.zeros(1, 3, 3), None, probs, loc_y, scale_y, dist)
+    ids = torch.tensor([[0, 2, 1]])
+    vals = torch.tensor([[0.0, 5.0, 0.0]])
+    return out, ids, vals
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_gated_loss_equals_hand_computed_value(alpha):
+    out, ids, vals = _two_position_output()
+    lam = 0.5
+    cls0 = -math.log(1 - 0.2) - math.log(1 - 0.3) - math.log(0.6)
+    cls1 = -math.log(1 - 0.1) - math.log(0.7) - math.log(1 - 0.4)
+    nll0 = math.log(math.pi * 2.0) + math.log(1 + ((5.0 - 3.0) / 2.0) ** 2)
+    gate0 = alpha + (1 - alpha) * 0.6
+    expected = (cls0 + cls1) / 2 + lam * gate0 * nll0 / 1
+    parts = gated_loss(out, ids, vals, None, num_token_id=2, alpha=alpha, lam=lam)
+    assert float(parts["loss"]) == pytest.approx(expected, rel=1e-6)
+    assert float(parts["cls"]) == pytest.approx((cls0 + cls1) / 2, rel=1e-6)
+    assert float(parts["reg"]) == pytest.approx(gate0 * nll0, rel=1e-6)
+
+
+def test_gated_loss_softmax_and_normal_paths_differ():
+    out, ids, vals = _two_position_output()
+    ovr = gated_loss(out, ids, vals, None, num_token_id=2)
+    soft = gated_loss(out, ids, vals, None, num_token_id=2, classifier="softmax")
+    assert float(soft["cls"]) == pytest.approx(math.log(3), rel=1e-6)  # loc_S = 0: uniform softmax
+    assert float(soft["cls"]) != pytest.approx(float(ovr["cls"]))
+    out_n, _, _ = _two_position_output("normal")
+    normal = gated_loss(out_n, ids, vals, None, num_token_id=2)
+    expected = math.log(math.sqrt(2 * math.pi) * 2.0) + 0.5
+    assert float(normal["reg"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_padding_and_last_position_are_ignored():
+    out, ids, vals = _two_position_output()
+    mask = torch.tensor([[1, 1, 0]])  # position 1's label is padding: only position 0 counts
+    parts = gated_loss(out, ids, vals, mask, num_token_id=2)
+    cls0 = -math.log(1 - 0.2) - math.log(1 - 0.3) - math.log(0.6)
+    assert float(parts["cls"]) == pytest.approx(cls0, rel=1e-6)
+
+
+# -- initialisation from the base model ----------------------------------------------------------------
+def test_phi_of_zero_leaves_embeddings_unchanged():
+    base = _base()
+    model = CausalQwen.from_base(base, NUM)
+    ids, vals, _ = _batch()
+    plain = base.model.embed_tokens(ids)
+    fused = model.embed(ids, vals)
+    text = vals == 0
+    assert torch.equal(fused[text], plain[text])
+    assert not torch.allclose(fused[~text], plain[~text])  # a number really moves its position
+    assert torch.equal(phi(torch.zeros(3), model.num_direction), torch.zeros(3, base.config.hidden_size))
+    assert float(model.num_direction.detach().norm()) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_step0_compatible_mode_equals_base_exactly(tied):
+    base = _base(tied=tied)
+    model = CausalQwen.from_base(base, NUM).eval()
+    ids, vals, mask = _batch(numbers=False)
+    with torch.no_grad():
+        ref = torch.softmax(base(ids, attention_mask=mask).logits, -1)
+        out = model(ids, vals, mask)
+        ours = torch.softmax(out.loc_S, -1)
+    real = mask.bool()
+    assert (ours[real] - ref[real]).abs().max().item() <= 1e-6
+    assert model.class_head.weight.data_ptr() != base.lm_head.weight.data_ptr()  # untied copy
+
+
+def test_step0_without_spare_row_matches_base_logits():
+    base = _base(vocab=50)
+    model = CausalQwen.from_base(base, 50)  # <NUM> needs a new row (like SmolLM2)
+    assert model.vocab_size == 51 and model.extra_rows is not None
+    ids, vals, mask = _batch(numbers=False)
+    with torch.no_grad():
+        ref = base(ids, attention_mask=mask).logits
+        out = model(ids, vals, mask)
+    assert (out.loc_S[..., :50] - ref).abs().max().item() <= 1e-5
+    torch.testing.assert_close(model.extra_rows[0], base.model.embed_tokens.weight.mean(0))
+    ids[0, 2], vals[0, 2] = 50, 4.0
+    with torch.no_grad():
+        model(ids, vals, mask)  # the new id embeds without an index error
+
+
+def test_initial_scales_and_identity_abduction():
+    base = _base()
+    model = CausalQwen.from_base(base, NUM, CausalConfig(gamma0=10.0))
+    ids, vals, mask = _batch()
+    with torch.no_grad():
+        out = model(ids, vals, mask)
+    torch.testing.assert_close(out.scale_U, torch.full_like(out.scale_U, 10.0))
+    torch.testing.assert_close(out.loc_U, out.z)
+    expected = model.class_head.weight.abs().sum(1) * 10.1  # ||W_k||_1 (gamma0 + b_noise)
+    torch.testing.assert_close(out.scale_S[0, 0], expected, rtol=1e-5, atol=1e-5)
+
+
+# -- ablations really change the model ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "switch",
+    [
+        {"classifier": "softmax"},
+        {"distribution": "normal"},
+        {"abduction_init": "random"},
+        {"threshold": 50.0},
+        {"gamma0": 1.0},
+    ],
+)
+def test_each_switch_changes_the_forward_output(switch):
+    base = _base()
+    ids, vals, mask = _batch()
+    with torch.no_grad():
+        ref = CausalQwen.from_base(base, NUM)(ids, vals, mask)
+        new = CausalQwen.from_base(base, NUM, CausalConfig(**switch))(ids, vals, mask)
+    changed = [
+        name
+        for name in ("probs", "loc_S", "scale_S", "loc_Y", "scale_Y")
+        if not torch.allclose(getattr(ref, name), getattr(new, name))
+    ]
+    assert changed, f"switch {switch} left every output unchanged: it is a no-op"
+    if "classifier" in switch:
+        torch.testing.assert_close(new.probs.sum(-1), torch.ones_like(new.probs.sum(-1)))
+        assert "probs" in changed
+    if "distribution" in switch:
+        assert "scale_S" in changed and "probs" in changed
+
+
+def test_per_class_and_learnable_thresholds():
+    base = _base()
+    per = CausalQwen.from_base(base, NUM, CausalConfig(threshold_mode="per_class"))
+    learn = CausalQwen.from_base(base, NUM, CausalConfig(threshold_mode="learnable"))
+    assert per.threshold.shape == (per.vocab_size,) and not per.threshold.requires_grad
+    assert isinstance(learn.threshold, torch.nn.Parameter) and learn.threshold.requires_grad
+    with torch.no_grad():
+        per.threshold[3] = 1e6
+        ids, vals, mask = _batch()
+        out = per(ids, vals, mask)
+    assert float(out.probs[..., 3].max()) < 1e-3
+
+
+def test_frozen_backbone_still_passes_gradient_to_phi():
+    base = _base()
+    model = CausalQwen.from_base(base, NUM)
+    ids, vals, mask = _batch()
+    out = model(ids, vals, mask)
+    gated_loss(out, ids, vals, mask, NUM)["loss"].backward()
+    assert all(p.grad is None for p in base.parameters())
+    assert model.num_direction.grad is not None and float(model.num_direction.grad.abs().sum()) > 0
+    assert float(model.abduction_scale.bias.grad.abs().sum()) > 0
+
+
+def test_baseline_is_softmax_plus_normal():
+    base = _base()
+    model = BaselineQwen(base, NUM)
+    ids, vals, mask = _batch()
+    with torch.no_grad():
+        out = model(ids, vals, mask)
+        ref = base(ids, attention_mask=mask).logits
+    assert out.distribution == "normal" and out.scale_S is None
+    torch.testing.assert_close(out.probs.sum(-1), torch.ones(2, 9))
+    # text positions before the first number see exactly the base model
+    torch.testing.assert_close(out.loc_S[0, :3], ref[0, :3], rtol=1e-5, atol=1e-5)
+
+
+# -- bad configurations fail before any work ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ({"alpha": 1.5}, "alpha=1.5"),
+        ({"alpha": -0.1}, "alpha=-0.1"),
+        ({"threshold": float("inf")}, "threshold=inf"),
+        ({"threshold": float("nan")}, "threshold=nan"),
+        ({"causal_dim": 16}, "causal_dim=16 differs from the hidden size 32"),
+        ({"classifier": "sigmoid"}, "classifier='sigmoid'"),
+        ({"gamma0": 0.0}, "gamma0=0.0"),
+    ],
+)
+def test_bad_config_raises_clear_error(bad, words):
+    with pytest.raises(UserInputError, match=words.replace("(", r"\(").replace("[", r"\[")):
+        CausalQwen.from_base(_base(), NUM, CausalConfig(**bad))
+
+
+def test_smaller_causal_dim_with_random_abduction_builds():
+    model = CausalQwen.from_base(_base(), NUM, CausalConfig(causal_dim=16, abduction_init="random"))
+    ids, vals, mask = _batch()
+    with torch.no_grad():
+        out = model(ids, vals, mask)
+    assert out.loc_U.shape == (2, 9, 16) and out.loc_S.shape == (2, 9, 50)
+
+
+@pytest.mark.slow
+def test_smollm2_step0_compatible_equals_base():
+    from qwen_anatomy.causal.numtok import NumberTokenizer
+    from qwen_anatomy.loading import load_model
+
+    base, tok = load_model("smollm2-135m")
+    nt = NumberTokenizer(tok)
+    model = CausalQwen.from_base(base, nt.num_token_id).eval()
+    b = nt.batch(["The quick brown fox jumps over the lazy dog.", "Water boils when it is hot enough."])
+    assert not (b["input_ids"] == nt.num_token_id).any()
+    with torch.no_grad():
+        ref = base(b["input_ids"], attention_mask=b["attention_mask"]).logits
+        out = model(b["input_ids"], b["numerical_values"], b["attention_mask"])
+    real = b["attention_mask"].bool()
+    assert (out.loc_S[..., :49152] - ref)[real].abs().max().item() <= 1e-4  # logits ~ 20: fp32 rounding
+    # next-token distribution over the base vocabulary equals the base model's
+    p_ours = torch.softmax(out.loc_S[..., :49152], -1)
+    assert (p_ours - torch.softmax(ref, -1))[real].abs().max().item() <= 1e-6
