@@ -1,0 +1,179 @@
+"""Scoring by greedy generation: exact match and per-position accuracy (chapter 30_synthetic_tasks).
+
+Generation is capped at exactly n + 1 new tokens (the n outputs, then ``<eos>``): the original let an
+untrained model generate up to 512 tokens, which took minutes. A sample counts as an exact match
+when all n outputs are right and the next token is ``<eos>``. Compare output orders by this
+generated exact match, never by teacher-forced loss (for the reversed order the loss falls while
+exact match stays low).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import UserInputError
+from .data import decoder_prompt
+from .vocab import BOS_ID, EOS_ID, PAD_ID, encode_ints, id_to_int
+
+
+def _group_by_length(xs: Sequence[Sequence[int]]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i, x in enumerate(xs):
+        groups.setdefault(len(x), []).append(i)
+    return groups
+
+
+def greedy_outputs(model, xs: Sequence[Sequence[int]], batch_size: int = 500) -> list[list[int]]:
+    """Greedy continuation of n + 1 token ids per input (n = len(x)); any model type of this strand.
+
+    Our ``Qwen2ForCausalLM`` decodes with its KV cache (qwen_anatomy.generation.generate);
+    transformers' Qwen2 with its own cache; BART from the encoder output. Equal-length inputs share
+    one batch, so no padding is needed.
+    """
+    import torch
+
+    from ..model import Qwen2ForCausalLM
+
+    out: list[list[int] | None] = [None] * len(xs)
+    with torch.no_grad():
+        for n, idx in _group_by_length(xs).items():
+            for start in range(0, len(idx), batch_size):
+                chunk = idx[start : start + batch_size]
+                if isinstance(model, Qwen2ForCausalLM):
+                    from ..generation import generate
+
+                    rows = generate(model, [decoder_prompt(xs[i]) for i in chunk], max_new_tokens=n + 1)
+                elif getattr(model.config, "model_type", "") == "bart":
+                    rows = _greedy_bart(model, [xs[i] for i in chunk], n + 1)
+                else:
+                    rows = _greedy_hf_decoder(model, [decoder_prompt(xs[i]) for i in chunk], n + 1)
+                for i, row in zip(chunk, rows, strict=True):
+                    out[i] = list(row)
+    return out
+
+
+def _greedy_hf_decoder(model, prompts: list[list[int]], steps: int) -> list[list[int]]:
+    import torch
+
+    ids = torch.tensor(prompts, dtype=torch.long, device=model.device)
+    result = model(input_ids=ids, use_cache=True)
+    past = result.past_key_values
+    tokens = []
+    for step in range(steps):
+        tok = result.logits[:, -1].argmax(-1)
+        tokens.append(tok)
+        if step + 1 < steps:
+            result = model(input_ids=tok[:, None], past_key_values=past, use_cache=True)
+            past = result.past_key_values
+    return torch.stack(tokens, 1).tolist()
+
+
+def _greedy_bart(model, xs: list[Sequence[int]], steps: int) -> list[list[int]]:
+    import torch
+
+    enc = torch.tensor([[BOS_ID, *encode_ints(x), EOS_ID] for x in xs], dtype=torch.long, device=model.device)
+    encoder_outputs = model.get_encoder()(input_ids=enc)
+    dec = torch.full((len(xs), 1), BOS_ID, dtype=torch.long, device=model.device)
+    for _ in range(steps):  # the decoder is short: recompute instead of caching
+        logits = model(encoder_outputs=encoder_outputs, decoder_input_ids=dec).logits
+        dec = torch.cat([dec, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    return dec[:, 1:].tolist()
+
+
+def score(
+    predictions: Sequence[Sequence[int]],
+    xs: Sequence[Sequence[int]],
+    ys: Sequence[Sequence[int]],
+    show: int = 5,
+) -> dict:
+    """Exact match, per-position accuracy [n] and a few sample generations (decoded integers)."""
+    import numpy as np
+
+    n = len(ys[0])
+    if any(len(y) != n for y in ys):
+        raise UserInputError("per-position accuracy needs one output length; the file mixes lengths")
+    target = np.array([encode_ints(y) + [EOS_ID] for y in ys])
+    pred = np.full(target.shape, PAD_ID)
+    for i, row in enumerate(predictions):
+        row = list(row)[: n + 1]
+        pred[i, : len(row)] = row
+    correct = pred == target
+    samples = []
+    for i in range(min(show, len(xs))):
+        samples.append(
+            {
+                "input": list(map(int, xs[i])),
+                "target": list(map(int, ys[i])),
+                "prediction": [
+                    id_to_int(int(t)) if id_to_int(int(t)) is not None else _special(int(t)) for t in pred[i]
+                ],
+                "exact": bool(correct[i].all()),
+            }
+        )
+    return {
+        "num_examples": len(xs),
+        "n": n,
+        "exact_match": float(correct.all(1).mean()),
+        "per_position_accuracy": correct[:, :n].mean(0).round(6).tolist(),
+        "token_accuracy": float(correct[:, :n].mean()),
+        "eos_accuracy": float(correct[:, n].mean()),
+        "samples": samples,
+    }
+
+
+def _special(i: int) -> str:
+    from .vocab import SPECIAL_TOKENS
+
+    return SPECIAL_TOKENS[i] if 0 <= i < len(SPECIAL_TOKENS) else f"<id {i}>"
+
+
+def load_task_model(checkpoint: str | Path):
+    """A checkpoint of this strand as a model ready for :func:`greedy_outputs`.
+
+    Qwen2 checkpoints load with our own loader (qwen_anatomy.loading); BART ones with transformers.
+    """
+    from ..loading import resolve_model
+
+    path = resolve_model(checkpoint)
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    if model_type == "bart":
+        from transformers import BartForConditionalGeneration
+
+        return BartForConditionalGeneration.from_pretrained(path).eval()
+    from ..loading import load_model
+
+    model, _ = load_model(path, with_tokenizer=False)
+    return model
+
+
+def evaluate(
+    checkpoint: str | Path,
+    data_file: str | Path,
+    max_examples: int | None = None,
+    batch_size: int = 500,
+    show: int = 5,
+) -> dict:
+    """Re-score a checkpoint on a task file: exact match, per-position accuracy, sample generations.
+
+    ``checkpoint``: a directory, or a model name shipped in data/models/ (e.g. ``relu-n10-forward``).
+    ``data_file``: a file written by ``qwen-anatomy tasks generate``; the first ``max_examples``
+    lines are used when given.
+    """
+    import torch
+
+    from .generators import read_task_file
+
+    if max_examples is not None and max_examples < 1:
+        raise UserInputError(f"max_examples {max_examples} must be a positive integer")
+    xs, ys = read_task_file(data_file, max_examples)
+    from .vocab import check_range
+
+    check_range(xs, str(data_file))
+    model = load_task_model(checkpoint)
+    with torch.inference_mode():
+        predictions = greedy_outputs(model, xs, batch_size)
+    result = score(predictions, xs, ys, show)
+    result.update({"checkpoint": str(checkpoint), "data_file": str(data_file)})
+    return result
