@@ -50,14 +50,32 @@ def build_models(name: str):
     return ours, refs["eager"], refs["sdpa"]
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def forward(model, ids: torch.Tensor) -> torch.Tensor:
+    """Logits for every position: our model takes ids positionally, transformers by keyword."""
+    if hasattr(model, "hook_points"):
+        return model(ids).logits
+    return model(input_ids=ids).logits
+
+
+def greedy(kind: str, model, prompt: torch.Tensor, new_tokens: int) -> list[int]:
+    """Exactly ``new_tokens`` greedy tokens with a KV cache (no end-of-sequence stop)."""
+    from qwen_anatomy.generation import generate
+
+    if kind == "ours":
+        return generate(model, [prompt[0].tolist()], max_new_tokens=new_tokens)[0]
+    out = model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+    )
+    return out[0, prompt.shape[1] :].tolist()
 
 
 def run(models: list[str], reps: int, gen_reps: int, gen_tokens: int = 128) -> dict:
-    from qwen_anatomy.generation import generate
     from qwen_anatomy.runrecord import environment
 
     torch.manual_seed(0)
@@ -70,44 +88,32 @@ def run(models: list[str], reps: int, gen_reps: int, gen_tokens: int = 128) -> d
         with torch.no_grad():
             for batch, length in [(1, 512), (4, 128)]:
                 ids = torch.randint(0, vocab, (batch, length))
-                logits = {k: m(ids).logits if k == "ours" else m(input_ids=ids).logits for k, m in impls.items()}  # warm-up
+                logits = {k: forward(m, ids) for k, m in impls.items()}  # warm-up, and a parity check
                 max_diff = max((logits[k] - logits["ours"]).abs().max().item() for k in impls)
                 times = {k: [] for k in impls}
                 for _ in range(reps):
                     for k, m in impls.items():
-                        if k == "ours":
-                            times[k].append(timed(lambda m=m: m(ids)))
-                        else:
-                            times[k].append(timed(lambda m=m: m(input_ids=ids)))
-                entry["workloads"][f"forward_{batch}x{length}"] = summarise(times, extra={"max_abs_logit_diff": max_diff})
-                print(f"{name} forward {batch}x{length}: {fmt(entry['workloads'][f'forward_{batch}x{length}'])}", flush=True)
+                        start = time.perf_counter()
+                        forward(m, ids)
+                        times[k].append(time.perf_counter() - start)
+                key = f"forward_{batch}x{length}"
+                entry["workloads"][key] = summarise(times, extra={"max_abs_logit_diff": max_diff})
+                print(f"{name} forward {batch}x{length}: {fmt(entry['workloads'][key])}", flush=True)
 
             prompt = torch.randint(0, vocab, (1, 16))
             outputs, times = {}, {k: [] for k in impls}
-            for rep in range(gen_reps + 1):  # first round is a warm-up
+            for rep in range(gen_reps + 1):  # the first round is a warm-up
                 for k, m in impls.items():
-                    if k == "ours":
-                        t = timed(lambda m=m: outputs.__setitem__(k, generate(m, [prompt[0].tolist()], max_new_tokens=gen_tokens)[0]))
-                    else:
-                        t = timed(
-                            lambda m=m, k=k: outputs.__setitem__(
-                                k,
-                                m.generate(
-                                    prompt,
-                                    attention_mask=torch.ones_like(prompt),
-                                    max_new_tokens=gen_tokens,
-                                    min_new_tokens=gen_tokens,
-                                    do_sample=False,
-                                    pad_token_id=0,
-                                    eos_token_id=None,
-                                )[0, 16:].tolist(),
-                            )
-                        )
+                    start = time.perf_counter()
+                    outputs[k] = greedy(k, m, prompt, gen_tokens)
                     if rep:
-                        times[k].append(t)
+                        times[k].append(time.perf_counter() - start)
             same = {k: outputs[k] == outputs["ours"] for k in impls}
-            entry["workloads"][f"generate_{gen_tokens}"] = summarise(times, extra={"same_tokens_as_ours": same})
-            print(f"{name} greedy generation of {gen_tokens} tokens: {fmt(entry['workloads'][f'generate_{gen_tokens}'])}", flush=True)
+            key = f"generate_{gen_tokens}"
+            entry["workloads"][key] = summarise(times, extra={"same_tokens_as_ours": same})
+            print(
+                f"{name} greedy generation of {gen_tokens} tokens: {fmt(entry['workloads'][key])}", flush=True
+            )
         results["models"][name] = entry
         del ours, eager, sdpa, impls
     return results
@@ -133,7 +139,9 @@ def fmt(w: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--gen-reps", type=int, default=3)
     parser.add_argument("--gen-tokens", type=int, default=128)
@@ -147,7 +155,15 @@ def main(argv: list[str] | None = None) -> int:
 
     start = utc_now()
     results = run(args.models.split(","), args.reps, args.gen_reps, args.gen_tokens)
-    results.update({"start_time": start, "end_time": utc_now(), "reps": args.reps, "gen_reps": args.gen_reps, "note": args.note})
+    results.update(
+        {
+            "start_time": start,
+            "end_time": utc_now(),
+            "reps": args.reps,
+            "gen_reps": args.gen_reps,
+            "note": args.note,
+        }
+    )
     atomic_write_json(args.out, results)
     print(f"wrote {args.out}")
     return 0
