@@ -33,7 +33,9 @@
 
 # %% tags=["parameters"]
 theta0 = "relu-n10-forward"  # θ0: a small Qwen2 trained on ReLU (forward order), shipped in data/models
-results_dir = "../data/results/heads/finetune-square"  # committed book-scale results (see below)
+results_dir = (
+    "data/results/heads/finetune-square"  # committed book-scale results, relative to the repository root
+)
 regenerate = False  # True: rerun the fine-tuning experiment here, into a temporary directory
 live_seeds = [0, 1, 2]  # fine-tuning seeds when regenerating
 live_steps = 300  # fine-tuning steps per seed when regenerating
@@ -69,7 +71,9 @@ from qwen_anatomy.heads.analysis import (
 from qwen_anatomy.heads.core import head_layout
 from qwen_anatomy.heads.data import stdlib_texts, text_batch
 from qwen_anatomy.heads.experiment import HeadsExperiment, load_results, run
-from qwen_anatomy.loading import load_model
+from qwen_anatomy.loading import REPO_ROOT, load_model
+
+results_dir = REPO_ROOT / results_dir  # an absolute parameter stays as given
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 torch.manual_seed(seed)
