@@ -16,8 +16,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .paths import REPO_ROOT
+
 RUN_DIR_ENV = "QWEN_ANATOMY_RUN_DIR"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _jsonable(obj: Any):

@@ -21,8 +21,8 @@ import torch
 from .config import ConfigError, Qwen2Config
 from .errors import UserInputError
 from .model import Qwen2ForCausalLM, rope_inv_freq
+from .paths import REPO_ROOT, cache_root
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_MODELS = REPO_ROOT / "data" / "models"
 
 
@@ -32,12 +32,6 @@ class ModelNotFound(UserInputError):
 
 class CheckpointError(UserInputError):
     """A checkpoint whose keys or shapes do not fit the model (the message names the key)."""
-
-
-def cache_root() -> Path:
-    """Where converted checkpoints live (outside git): $QWEN_ANATOMY_CACHE or ~/.cache/qwen-anatomy."""
-    env = os.environ.get("QWEN_ANATOMY_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "qwen-anatomy"
 
 
 # -- built-in models --------------------------------------------------------------------------------

