@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
-from qwen_anatomy.config import QWEN2_5_0_5B, Qwen2Config  # noqa: E402
+from qwen_anatomy.config import QWEN2_5_0_5B  # noqa: E402
 from qwen_anatomy.heads.ablation import ablation_deltas, head_units  # noqa: E402
 from qwen_anatomy.heads.core import head_layout, make_batch  # noqa: E402
 from qwen_anatomy.heads.gradients import gate_gradients  # noqa: E402
@@ -35,24 +35,11 @@ from qwen_anatomy.runrecord import atomic_write_json, environment, utc_now  # no
 
 
 def small_model():
-    try:
-        from qwen_anatomy.loading import load_model
+    """The shipped θ0 of chapter 40 (data/models/relu-n10-forward)."""
+    from qwen_anatomy.loading import load_model
 
-        model, _ = load_model("relu-n10-forward")
-        return "relu-n10-forward (shipped θ0)", model
-    except Exception:  # not shipped yet: same shape as the task training defaults
-        cfg = Qwen2Config(
-            vocab_size=517,
-            hidden_size=128,
-            intermediate_size=512,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            rope_theta=10000.0,
-            max_position_embeddings=256,
-            tie_word_embeddings=True,
-        )
-        return "random model of the task-training default shape", Qwen2ForCausalLM(cfg).init_weights(0).eval()
+    model, _ = load_model("relu-n10-forward")
+    return "relu-n10-forward (shipped θ0)", model
 
 
 def slice_model():
