@@ -94,3 +94,30 @@ def test_shared_eps_gives_identical_draws():
     b = cauchy.sample(loc + 1, scale, eps=eps)
     torch.testing.assert_close(b - a, torch.ones(4))
     assert float(a[1]) == 0.0 and float(a[2]) == pytest.approx(1.0)  # tan(pi/4) = 1
+
+
+# -- OvR log-probabilities from the margin ------------------------------------------------------------
+@pytest.mark.parametrize("dist, reach", [("cauchy", 30.0), ("normal", 6.0)])
+def test_ovr_log_probability_equals_log_of_probability_where_representable(dist, reach):
+    t = torch.linspace(-reach, reach, 601, dtype=torch.float64)
+    direct = torch.log(cauchy.ovr_probability(t, torch.ones_like(t), 0.0, dist))
+    torch.testing.assert_close(cauchy.ovr_log_probability(t, dist), direct, rtol=1e-7, atol=1e-12)
+    # log(1 - P) is the same function at -t (both laws are symmetric)
+    upper = torch.log1p(-cauchy.ovr_probability(t, torch.ones_like(t), 0.0, dist))
+    torch.testing.assert_close(cauchy.ovr_log_probability(-t, dist), upper, rtol=1e-6, atol=1e-12)
+
+
+def test_ovr_log_probability_keeps_the_far_cauchy_tail_in_float32():
+    t = torch.tensor([-1e4, -1e8, 1e8], dtype=torch.float32, requires_grad=True)
+    naive_lower = torch.log(cauchy.ovr_probability(t, torch.ones(3), 0.0)[:2])
+    naive_upper = torch.log1p(-cauchy.ovr_probability(t, torch.ones(3), 0.0)[2])
+    assert torch.isinf(naive_upper)  # P rounds to exactly 1 at t = 1e8: log(1 - P) = -inf
+    assert float(naive_lower.detach()[0]) == pytest.approx(math.log(1 / (math.pi * 1e4)), rel=1e-2)
+    stable = cauchy.ovr_log_probability(t)
+    # P(t) ~ 1/(pi |t|) far in the lower tail; 1 - P(1e8) = P(-1e8)
+    assert float(stable.detach()[1]) == pytest.approx(math.log(1 / (math.pi * 1e8)), rel=1e-6)
+    assert float(cauchy.ovr_log_probability(-t.detach())[2]) == pytest.approx(
+        math.log(1 / (math.pi * 1e8)), rel=1e-6
+    )
+    stable.sum().backward()
+    assert torch.isfinite(t.grad).all() and (t.grad != 0).all()

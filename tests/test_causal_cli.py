@@ -112,3 +112,47 @@ def test_train_eval_generate_round_trip(capsys, tmp_path):
     )
     assert code == 0, err
     assert stdout.startswith("The price of the apple is")
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--set", "lambdas"], "write KEY=VALUE"),
+        (["--set", "lambdas=[1, oops]"], "is not JSON"),
+        (["--set", "lambdas=[]"], "lambdas=[] must be a non-empty list"),
+        (["--lr-pretrained", "0"], "lr_pretrained=0"),
+    ],
+)
+def test_bad_suite_settings_exit_2_before_any_model_loads(capsys, tmp_path, extra, words):
+    code, _, err = _run(
+        capsys, ["causal", "suite", "--suite", "basic", "--out-root", str(tmp_path), "--steps", "1", *extra]
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert words in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_pretrained_head_matrices_learn_at_their_own_rate():
+    """lr_pretrained moves the identity abduction and the copied head slowly; <NUM>'s row at lr."""
+    from qwen_anatomy.causal.data import make_texts
+    from qwen_anatomy.causal.model import CausalQwen
+    from qwen_anatomy.causal.numtok import NumberTokenizer
+    from qwen_anatomy.causal.train import train
+    from qwen_anatomy.loading import load_model
+
+    base, tok = load_model("causal-tiny-lm")
+    nt = NumberTokenizer(tok)
+    texts = make_texts("train", 16, 0)
+    moved = {}
+    for lrp in (1e-2, 1e-5):
+        model = CausalQwen.from_base(base, nt.num_token_id)
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        train(model, nt, texts, steps=1, batch_size=8, lr=1e-2, lr_pretrained=lrp, log_every=1)
+        after = dict(model.named_parameters())
+        moved[lrp] = {n: float((after[n].detach() - b).abs().max()) for n, b in before.items()}
+    # Adam's first step moves every entry with a gradient by about the learning rate
+    for name in ("abduction_loc.weight", "class_head.weight"):
+        assert moved[1e-2][name] == pytest.approx(1e-2, rel=0.05)
+        assert moved[1e-5][name] == pytest.approx(1e-5, rel=0.05)
+    for name in ("num_class_row", "abduction_scale.bias", "class_head.bias", "reg_head.weight"):
+        assert moved[1e-5][name] == pytest.approx(1e-2, rel=0.05), name

@@ -72,6 +72,9 @@ def test_comprehensive_suite_has_baseline_and_four_sets(tmp_path):
         ({"suite": "basic", "steps": 0}, "steps=0"),
         ({"suite": "basic", "eval_sets": ["hard"]}, "evaluation set"),
         ({"suite": "basic", "colour": 1}, "unknown suite setting"),
+        ({"suite": "basic", "lr_pretrained": 0}, "lr_pretrained=0"),
+        ({"suite": "basic", "lambdas": []}, "lambdas"),
+        ({"suite": "basic", "causal": {"gamma": 1}}, "known CausalConfig fields"),
     ],
 )
 def test_bad_suite_config(bad, words):

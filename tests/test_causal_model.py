@@ -252,3 +252,45 @@ def test_smollm2_step0_compatible_equals_base():
     # next-token distribution over the base vocabulary equals the base model's
     p_ours = torch.softmax(out.loc_S[..., :49152], -1)
     assert (p_ours - torch.softmax(ref, -1))[real].abs().max().item() <= 1e-6
+
+
+# -- the OvR loss and decision on saturated probabilities ------------------------------------------------
+def test_margin_loss_equals_probability_loss_away_from_saturation():
+    base = _base()
+    model = CausalQwen.from_base(base, NUM, CausalConfig(gamma0=1.0, threshold=0.0))
+    ids, vals, mask = _batch()
+    with torch.no_grad():
+        out = model(ids, vals, mask)
+    assert out.margin is not None and float(out.probs.max()) < 1 - 1e-4
+    from dataclasses import replace
+
+    with_margin = gated_loss(out, ids, vals, mask, NUM)
+    from_probs = gated_loss(replace(out, margin=None), ids, vals, mask, NUM)
+    for key in ("loss", "cls", "reg"):
+        assert float(with_margin[key]) == pytest.approx(float(from_probs[key]), rel=1e-5)
+
+
+def test_a_saturated_negative_class_still_gets_a_gradient():
+    # one position, V = 3, label 1; class 0 is a negative whose P rounds to 1 in float32
+    margin = torch.tensor([[[1e9, 2.0, -3.0], [0.0, 0.0, 0.0]]], requires_grad=True)
+    probs = 0.5 + torch.atan(margin) / math.pi
+    assert float(probs.detach()[0, 0, 0]) == 1.0
+    out = CausalOutput(None, None, None, torch.zeros(1, 2, 3), None, probs, torch.zeros(1, 2), torch.ones(1, 2),
+                       "cauchy", margin)  # fmt: skip
+    ids = torch.tensor([[0, 1]])
+    gated_loss(out, ids, torch.zeros(1, 2), None, num_token_id=2)["loss"].backward()
+    assert float(margin.grad[0, 0, 0]) > 0  # the loss pushes the wrong class down
+    clamped = margin.detach().clone().requires_grad_(True)
+    p = 0.5 + torch.atan(clamped) / math.pi
+    old = CausalOutput(None, None, None, torch.zeros(1, 2, 3), None, p, torch.zeros(1, 2), torch.ones(1, 2))
+    gated_loss(old, ids, torch.zeros(1, 2), None, num_token_id=2)["loss"].backward()
+    assert float(clamped.grad[0, 0, 0]) == 0.0  # what the clamp on P did: no signal at all
+
+
+def test_choice_ranks_by_margin_when_probabilities_tie_at_one():
+    margin = torch.tensor([[[1e8, 1e9, -1.0]]])
+    probs = 0.5 + torch.atan(margin) / math.pi
+    assert float(probs[0, 0, 0]) == float(probs[0, 0, 1]) == 1.0  # a tie: probs.argmax says 0
+    out = CausalOutput(None, None, None, torch.zeros(1, 1, 3), None, probs, torch.zeros(1, 1), torch.ones(1, 1),
+                       "cauchy", margin)  # fmt: skip
+    assert int(out.choice()[0, 0]) == 1

@@ -71,6 +71,32 @@ def ovr_probability(
     return 0.5 * (1.0 + torch.erf(t / math.sqrt(2.0)))
 
 
+def ovr_margin(loc: torch.Tensor, scale: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
+    """The standardised margin t_k = (loc_k - C_k)/scale_k: P_k is an increasing function of it.
+
+    Its argmax is the OvR argmax without float32 ties: once many P_k round to exactly 1.0 (tiny
+    scales), ``probs.argmax`` picks the first of them, while t still ranks them.
+    """
+    return (loc - threshold) / scale
+
+
+def ovr_log_probability(t: torch.Tensor, dist: str = "cauchy") -> torch.Tensor:
+    """log P(S > C) from the margin t, accurate in both tails (log(1 - P) is this at -t).
+
+    Cauchy: for t < 0, 1/2 + arctan(t)/pi = arctan(-1/t)/pi, which keeps its relative precision
+    where the direct form rounds to 0 (or, at -t, to 1); Normal: log Phi(t). Gradients stay finite
+    and non-zero wherever t is finite, unlike clamping P away from 0 and 1.
+    """
+    if check_distribution(dist) == "normal":
+        return torch.special.log_ndtr(t)
+    neg = t < 0
+    t_neg = torch.where(neg, t, -torch.ones_like(t))  # safe inputs for both branches (no 1/0, no NaN grads)
+    t_pos = torch.where(neg, torch.zeros_like(t), t)
+    return torch.where(
+        neg, torch.log(torch.atan(-1.0 / t_neg) / math.pi), torch.log(0.5 + torch.atan(t_pos) / math.pi)
+    )
+
+
 def nll(value: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, dist: str = "cauchy") -> torch.Tensor:
     """Negative log-likelihood per element.
 

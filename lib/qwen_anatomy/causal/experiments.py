@@ -32,6 +32,7 @@ DEFAULTS = {
     "batch_size": 16,
     "max_length": 48,
     "lr": 1e-2,
+    "lr_pretrained": None,  # the copied head matrices' learning rate (None: lr); see train()
     "n_train": 2000,
     "n_eval": 64,
     "seed": 0,
@@ -89,6 +90,19 @@ def check_config(config: dict) -> dict:
             raise UserInputError(f"{key}={cfg[key]!r} must be a positive integer")
     if not (isinstance(cfg["lr"], int | float) and math.isfinite(cfg["lr"]) and cfg["lr"] > 0):
         raise UserInputError(f"lr={cfg['lr']!r} must be a finite number > 0")
+    lrp = cfg["lr_pretrained"]
+    if lrp is not None and not (isinstance(lrp, int | float) and math.isfinite(lrp) and lrp > 0):
+        raise UserInputError(f"lr_pretrained={lrp!r} must be a finite number > 0 (or null: the same as lr)")
+    for key in ("thresholds", "lambdas", "alphas", "gamma0s"):
+        if not isinstance(cfg[key], list) or not cfg[key]:
+            raise UserInputError(f"{key}={cfg[key]!r} must be a non-empty list of numbers")
+    if not isinstance(cfg["causal"], dict):
+        raise UserInputError(f"causal={cfg['causal']!r} must be a mapping of CausalConfig fields")
+    try:
+        CausalConfig(**cfg["causal"])
+    except TypeError:
+        known = sorted(CausalConfig.__dataclass_fields__)
+        raise UserInputError(f"causal={cfg['causal']!r}: the known CausalConfig fields are {known}") from None
     base = CausalConfig(**cfg["causal"]).validate()
     for t in cfg["thresholds"]:
         base.replace(threshold=t).validate()
@@ -163,6 +177,7 @@ def run(config: dict, log=print) -> dict:
             cfg["lr"],
             cfg["seed"],
             cfg["log_every"],
+            lr_pretrained=cfg["lr_pretrained"],
             on_log=lambda r, name=name: log(
                 f"  {name} step {r['step']}: loss {r['loss']:.4g}, median sum P {r['median_sum_p']:.4g} ({r['seconds']} s)"
             ),
@@ -188,6 +203,7 @@ def run_and_save(config: dict, root: str | Path = RESULTS_ROOT, log=print) -> Pa
     out = refuse_overwrite(Path(root) / cfg["suite"] / f"{model_tag}-{stamp}", "results directory")
     command = (
         f"qwen-anatomy causal suite --suite {cfg['suite']} --model {cfg['model']} --steps {cfg['steps']}"
+        " (every setting in parameters)"
     )
     with RunRecord(out / "run_record.json", command, cfg, seed=cfg["seed"]) as record:
         with record.stage("run"):

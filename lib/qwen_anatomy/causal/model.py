@@ -109,6 +109,12 @@ class CausalOutput:
     loc_Y: torch.Tensor
     scale_Y: torch.Tensor
     distribution: str = "cauchy"
+    margin: torch.Tensor | None = None  # OvR: t = (loc_S - C)/scale_S [B,T,V]; None for softmax heads
+
+    def choice(self) -> torch.Tensor:
+        """The decision argmax_k P_k [B, T], taken on the margin when there is one (same order as P,
+        without the float32 ties of P near 1), else on the scores (softmax heads)."""
+        return (self.margin if self.margin is not None else self.loc_S).argmax(-1)
 
 
 def phi(values: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
@@ -152,6 +158,17 @@ class _NumericFusion(nn.Module):
         e = self.embed(input_ids, numerical_values)
         out = self.backbone(inputs_embeds=e, attention_mask=attention_mask, logits_to_keep=1)
         return out.last_hidden_state
+
+    def _init_num_row(self, head_weight: torch.Tensor) -> None:
+        """The head's ``<NUM>`` row as its own parameter, so that training can give the rows copied from
+        the base model a smaller learning rate than this new class (see ``pretrained_parameters``).
+        The row of the same index inside the head matrix is never read."""
+        self.num_class_row = nn.Parameter(head_weight.detach()[self.num_token_id].clone())
+
+    def _with_num_row(self, head_weight: torch.Tensor) -> torch.Tensor:
+        """The head matrix [V, C] whose ``<NUM>`` row is ``num_class_row``."""
+        idx = torch.tensor([self.num_token_id], device=head_weight.device)
+        return head_weight.index_copy(0, idx, self.num_class_row[None].to(head_weight.dtype))
 
     def _class_head_from_base(self, base_head: torch.Tensor) -> torch.Tensor:
         """An independent copy of the base LM head [V, H], with mean rows for new tokens."""
@@ -220,6 +237,7 @@ class CausalQwen(_NumericFusion):
         else:
             xavier(self.class_head.weight)
         self.class_head.bias.zero_()
+        self._init_num_row(self.class_head.weight)
         xavier(self.reg_head.weight, cfg.reg_gain)
         self.reg_head.bias.zero_()
 
@@ -230,31 +248,49 @@ class CausalQwen(_NumericFusion):
         scale_u = F.softplus(self.abduction_scale(z))
         scale_total = cauchy.add_independent(scale_u, self.b_noise.abs(), dist)
         loc_s, scale_s = cauchy.linear_propagate(
-            loc_u, scale_total, self.class_head.weight, self.class_head.bias, dist
+            loc_u, scale_total, self._with_num_row(self.class_head.weight), self.class_head.bias, dist
         )
         loc_y, scale_y = cauchy.linear_propagate(
             loc_u, scale_total, self.reg_head.weight, self.reg_head.bias, dist
         )
+        margin = None
         if self.config.classifier == "ovr":
+            margin = cauchy.ovr_margin(loc_s, scale_s, self.threshold)
             probs = cauchy.ovr_probability(loc_s, scale_s, self.threshold, dist)
         else:
             probs = torch.softmax(loc_s, dim=-1)
-        return CausalOutput(z, loc_u, scale_u, loc_s, scale_s, probs, loc_y[..., 0], scale_y[..., 0], dist)
+        return CausalOutput(
+            z, loc_u, scale_u, loc_s, scale_s, probs, loc_y[..., 0], scale_y[..., 0], dist, margin
+        )
 
     def forward(self, input_ids, numerical_values=None, attention_mask=None) -> CausalOutput:
         return self.heads(self.features(input_ids, numerical_values, attention_mask))
 
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """The head matrices that start as the base model's knowledge: the identity abduction (when
+        initialised so) and the copy of the LM head (when C = H), whose ``<NUM>`` row lives apart in
+        ``num_class_row`` (a new class). Training may give them a smaller learning rate
+        (``train(lr_pretrained=...)``)."""
+        out = []
+        if self.config.abduction_init == "identity":
+            out.append(self.abduction_loc.weight)
+        if self.causal_dim == self.backbone.config.hidden_size:
+            out.append(self.class_head.weight)
+        return out
+
     def actions_from_u(self, u: torch.Tensor):
-        """Causal sampling: given an individual u [.., C], class scores are Cauchy(W u + b, |W||b_noise|)."""
+        """Causal sampling: given an individual u [.., C], class scores are Cauchy(W u + b, |W||b_noise|).
+
+        Returns (scores whose argmax is the decision: the OvR margin, or loc_S for softmax; value)."""
         dist = self.config.distribution
         noise = self.b_noise.abs().expand_as(u)
-        loc_s, scale_s = cauchy.linear_propagate(u, noise, self.class_head.weight, self.class_head.bias, dist)
+        loc_s, scale_s = cauchy.linear_propagate(
+            u, noise, self._with_num_row(self.class_head.weight), self.class_head.bias, dist
+        )
         loc_y, _ = cauchy.linear_propagate(u, noise, self.reg_head.weight, self.reg_head.bias, dist)
         if self.config.classifier == "ovr":
-            probs = cauchy.ovr_probability(loc_s, scale_s, self.threshold, dist)
-        else:
-            probs = torch.softmax(loc_s, dim=-1)
-        return probs, loc_y[..., 0]
+            return cauchy.ovr_margin(loc_s, scale_s, self.threshold), loc_y[..., 0]
+        return loc_s, loc_y[..., 0]
 
 
 class BaselineQwen(_NumericFusion):
@@ -271,6 +307,7 @@ class BaselineQwen(_NumericFusion):
         self.reg_head = nn.Linear(h, 2)  # mean, softplus^-1(sigma)
         with torch.no_grad():
             self.lm_head.weight.copy_(self._class_head_from_base(backbone.lm_head.weight))
+            self._init_num_row(self.lm_head.weight)
             bound = config.reg_gain * math.sqrt(6.0 / (h + 2))
             self.reg_head.weight.copy_((torch.rand(self.reg_head.weight.shape, generator=g) * 2 - 1) * bound)
             self.reg_head.bias.copy_(
@@ -278,9 +315,13 @@ class BaselineQwen(_NumericFusion):
             )
         _freeze(backbone, config.freeze_backbone)
 
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """The copy of the base LM head (see :meth:`CausalQwen.pretrained_parameters`)."""
+        return [self.lm_head.weight]
+
     def forward(self, input_ids, numerical_values=None, attention_mask=None) -> CausalOutput:
         z = self.features(input_ids, numerical_values, attention_mask)
-        logits = self.lm_head(z)
+        logits = F.linear(z, self._with_num_row(self.lm_head.weight))
         reg = self.reg_head(z)
         return CausalOutput(
             z,
@@ -324,11 +365,15 @@ def gated_loss(
     lam: float = 1.0,
     classifier: str = "ovr",
     eps: float = 1e-7,
+    eps_log: float = 1e-30,
 ) -> dict[str, torch.Tensor]:
     """Total = mean classification loss over valid positions + lam * sum(g NLL) / sum(m).
 
-    OvR classification: binary cross-entropy summed over the vocabulary (one-hot target), P clamped
-    to [eps, 1 - eps]; softmax: cross-entropy on loc_S. Gate g_i = m_i (alpha + (1 - alpha) P_<NUM>,i),
+    OvR classification: binary cross-entropy summed over the vocabulary (one-hot target). With the
+    margin t available, log P and log(1 - P) come from :func:`cauchy.ovr_log_probability` (accurate in
+    both tails, floored at log(eps_log)); otherwise from P clamped to [eps, 1 - eps]. A clamp on P has
+    zero gradient where it acts, so a negative class whose P rounded to 1 could never be pushed back
+    down: on SmolLM2 hundreds of classes stuck that way (chapter 50). Softmax: cross-entropy on loc_S. Gate g_i = m_i (alpha + (1 - alpha) P_<NUM>,i),
     with P_<NUM> detached (chapter 50 says why). Denominators are at least 1.
     """
     labels, valid, is_num, values = next_token_targets(
@@ -336,9 +381,18 @@ def gated_loss(
     )
     n_valid = valid.sum().clamp_min(1)
     n_num = is_num.sum().clamp_min(1)
-    if classifier == "ovr":
-        p = out.probs.clamp(eps, 1 - eps)
+    if classifier == "ovr" and out.margin is not None:
+        floor = math.log(eps_log)
+        log_p = cauchy.ovr_log_probability(out.margin, out.distribution).clamp_min(floor)
+        log_q = cauchy.ovr_log_probability(-out.margin, out.distribution).clamp_min(floor)  # log(1 - P)
         # sum_k -log(1 - P_k) over every k, then swap in -log P_y for the target (no [B,T,V] one-hot)
+        per_pos = (
+            -log_q.sum(-1)
+            + log_q.gather(-1, labels[..., None])[..., 0]
+            - log_p.gather(-1, labels[..., None])[..., 0]
+        )
+    elif classifier == "ovr":
+        p = out.probs.clamp(eps, 1 - eps)
         neg = -torch.log1p(-p)
         p_target = p.gather(-1, labels[..., None])[..., 0]
         per_pos = neg.sum(-1) + torch.log1p(-p_target) - torch.log(p_target)

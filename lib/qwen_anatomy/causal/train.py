@@ -46,7 +46,7 @@ def health(out: CausalOutput, batch: dict, num_token_id: int) -> dict[str, float
     labels, valid, is_num, _ = next_token_targets(
         batch["input_ids"], batch["numerical_values"], batch["attention_mask"], num_token_id
     )
-    pred = out.probs.argmax(-1)
+    pred = out.choice()
     stats = {
         "median_sum_p": float(out.probs.sum(-1)[valid].median()) if valid.any() else float("nan"),
         "num_accuracy": float((pred[is_num] == num_token_id).float().mean())
@@ -71,16 +71,34 @@ def train(
     seed: int = 0,
     log_every: int = 10,
     on_log: Callable[[dict], None] | None = None,
+    lr_pretrained: float | None = None,
 ) -> list[dict]:
     """Train the trainable parameters (heads, phi direction, new rows; the backbone when not frozen)
-    with AdamW and gradient clipping at 1. Returns the health log, one row per ``log_every`` steps."""
+    with AdamW and gradient clipping at 1. Returns the health log, one row per ``log_every`` steps.
+
+    ``lr_pretrained`` (default: ``lr``) is the learning rate of the head matrices copied from the base
+    model (``model.pretrained_parameters()``: the identity abduction and the LM-head copy). Adam moves
+    every entry by about the learning rate per step, so on a large head a rate that suits the new
+    parameters rewrites the base model's ranking within a few steps (chapter 50 measures it)."""
     texts = check_dataset(texts)
     if not isinstance(steps, int) or steps < 0:
         raise UserInputError(f"steps={steps!r} must be an integer >= 0")
+    for name, value in (("lr", lr), ("lr_pretrained", lr if lr_pretrained is None else lr_pretrained)):
+        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise UserInputError(f"{name}={value!r} must be a finite number > 0")
     cfg = model.config
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    slow = {id(p) for p in model.pretrained_parameters() if p.requires_grad}
+    groups = [{"params": [p for p in params if id(p) not in slow], "lr": lr}]
+    if slow:
+        groups.append(
+            {
+                "params": [p for p in params if id(p) in slow],
+                "lr": lr if lr_pretrained is None else lr_pretrained,
+            }
+        )
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
     stream = batches(numtok, texts, batch_size, max_length, seed)
     log: list[dict] = []
     model.train()
@@ -147,8 +165,8 @@ def predict(
         u = cauchy.sample(
             out.loc_U, out.scale_U, generator=generator, dist=model.config.distribution, eps=eps
         )
-        probs, value = model.actions_from_u(u)
-        return probs.argmax(-1), value, torch.zeros_like(value)
+        scores, value = model.actions_from_u(u)
+        return scores.argmax(-1), value, torch.zeros_like(value)
     if mode == "compatible":
         if temperature == 0:
             token = out.loc_S.argmax(-1)
@@ -158,7 +176,7 @@ def predict(
                 p.shape[:-1]
             )
         return token, out.loc_Y, out.scale_Y
-    return out.probs.argmax(-1), out.loc_Y, out.scale_Y
+    return out.choice(), out.loc_Y, out.scale_Y
 
 
 @torch.no_grad()
@@ -238,7 +256,7 @@ def evaluate(
         labels, valid, is_num, values = next_token_targets(
             batch["input_ids"], batch["numerical_values"], batch["attention_mask"], num
         )
-        pred = out.probs.argmax(-1)
+        pred = out.choice()
         compat = out.loc_S.argmax(-1)
         correct += int((pred == labels)[valid].sum())
         compat_correct += int((compat == labels)[valid].sum())
@@ -294,7 +312,7 @@ def step0_agreement(
     with torch.no_grad():
         out = model(batch["input_ids"], batch["numerical_values"], batch["attention_mask"])
     _, valid, _, _ = next_token_targets(batch["input_ids"], None, batch["attention_mask"], model.num_token_id)
-    same = out.probs.argmax(-1) == out.loc_S.argmax(-1)
+    same = out.choice() == out.loc_S.argmax(-1)
     return float(same[valid].float().mean())
 
 

@@ -39,6 +39,12 @@ def register(subparsers) -> None:
     t.add_argument("--batch-size", type=positive_int, default=16)
     t.add_argument("--max-length", type=positive_int, default=48)
     t.add_argument("--lr", type=_float, default=1e-2)
+    t.add_argument(
+        "--lr-pretrained",
+        type=_float,
+        default=None,
+        help="learning rate of the head matrices copied from the base model (default: --lr)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--baseline", action="store_true", help="train the softmax + Normal baseline instead")
     t.add_argument("--causal-dim", type=positive_int, default=None, help="C (default: hidden size)")
@@ -79,9 +85,23 @@ def register(subparsers) -> None:
     s.add_argument("--n-train", type=positive_int, default=2000)
     s.add_argument("--n-eval", type=positive_int, default=64)
     s.add_argument("--lr", type=_float, default=1e-2)
+    s.add_argument(
+        "--lr-pretrained",
+        type=_float,
+        default=None,
+        help="learning rate of the head matrices copied from the base model (default: --lr)",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--eval-batch", type=positive_int, default=16)
     s.add_argument("--log-every", type=positive_int, default=10)
+    s.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="any other suite setting, e.g. --set 'thresholds=[0, 100]' --set 'causal={\"gamma0\": 1}'",
+    )
     s.add_argument("--out-root", type=Path, default=None, help="default: data/results/causal")
     s.set_defaults(func=cmd_suite)
 
@@ -128,8 +148,9 @@ def cmd_train(args) -> int:
     config = _config_from_args(args)
     hidden = load_config(resolve_model(args.model)).hidden_size
     config.validate(None if args.baseline else hidden)
-    if not (args.lr > 0 and args.lr < float("inf")):
-        raise UserInputError(f"--lr {args.lr} must be a finite number > 0")
+    for flag, value in (("--lr", args.lr), ("--lr-pretrained", args.lr_pretrained)):
+        if value is not None and not (value > 0 and value < float("inf")):
+            raise UserInputError(f"{flag} {value} must be a finite number > 0")
     texts = _read_texts(args.train_file, "--train-file")
 
     import torch
@@ -168,6 +189,7 @@ def cmd_train(args) -> int:
                 args.lr,
                 args.seed,
                 on_log=lambda row: print(json.dumps({k: round(v, 4) for k, v in row.items()})),
+                lr_pretrained=args.lr_pretrained,
             )
         state = {
             k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith("backbone.")
@@ -285,10 +307,23 @@ def cmd_suite(args) -> int:
         "n_train": args.n_train,
         "n_eval": args.n_eval,
         "lr": args.lr,
+        "lr_pretrained": args.lr_pretrained,
         "seed": args.seed,
         "eval_batch": args.eval_batch,
         "log_every": args.log_every,
     }
+    for item in args.settings:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserInputError(
+                f"--set {item!r}: write KEY=VALUE with a JSON value, e.g. --set 'lambdas=[1, 10]'"
+            )
+        try:
+            config[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            raise UserInputError(
+                f"--set {item!r}: the value {text!r} is not JSON (quote strings: --set 'model=\"name\"')"
+            ) from None
     check_config(config)
     out = run_and_save(config, args.out_root or RESULTS_ROOT)
     print(f"wrote {out}")
