@@ -34,9 +34,8 @@ step0_texts = 16  # evaluation texts for the step-0 measurements
 live_model = "causal-tiny-lm"  # small project backbone trained live in this chapter
 live_steps = 300
 live_batch = 16
-suite_model = "causal-tiny-lm"  # backbone of the saved comparison / ablation / initialization suites
+suite_model = "smollm2-135m"  # backbone of the saved basic / comparison / ablation / initialization suites
 book_model = "smollm2-135m"  # backbone of the saved comprehensive suite
-book_lr = 0.01  # which saved book-model run to report in full (the newest with this learning rate)
 run_suites_inline = False  # CI: run tiny suites here instead of reading saved results
 inline_steps = 2
 seed = 0
@@ -267,6 +266,17 @@ display(
 # through the gate the model could lower the loss by believing less that a number comes (whenever the NLL
 # is positive), fighting the classification term; detached, the gate only weights.
 #
+# **Numerics of the OvR loss.** The spec clamps $P_k$ away from 0 and 1 before the logarithms. A clamp has
+# zero gradient where it acts, and on a large vocabulary it acts a lot: once the scales shrink, hundreds of
+# wrong classes per position have $P_k$ that rounds to exactly 1 in float32, the clamp holds them at
+# $1 - 10^{-7}$, and nothing pushes them back down. (An earlier version of this chapter trained that way and
+# SmolLM2's CausalQwen never predicted a number.) The library therefore computes both logarithms from the
+# standardised margin $t_k = (\mu_{S,k} - C_k)/\gamma_{S,k}$: $\log P_k = \log(\arctan(-1/t_k)/\pi)$ for
+# $t_k < 0$, which keeps its relative precision far into the tail, and $\log(1 - P_k)$ is the same function at
+# $-t_k$. For the same reason the OvR argmax is taken on $t_k$ (the same order as $P_k$, without ties at 1).
+# A test checks that the two forms agree wherever $P$ is representable and that a saturated wrong class
+# still receives a gradient.
+#
 # ## Training on a frozen backbone
 #
 # The chapter trains live on the small project backbone (`causal-tiny-lm`: a 2-layer Qwen2 with hidden size
@@ -278,6 +288,16 @@ display(
 #
 # The baseline has the same backbone, numeric fusion, data and budget, with a softmax LM head (the same
 # untied copy) and a Normal regression head.
+#
+# **Two learning rates.** Adam moves every entry of a parameter by about the learning rate per step,
+# whatever its gradient. On SmolLM2 the copied head has 49,153 rows of 576 entries and the identity
+# abduction 576 × 576: at the rate that suits the new parameters ($10^{-2}$), a handful of steps rewrites the
+# base model's ranking of tokens, and the head must relearn it from scratch. `train(lr_pretrained=...)` gives
+# the matrices copied from the base model (identity abduction, LM-head copy; `pretrained_parameters()`) their
+# own, smaller rate. The `<NUM>` row is a new class, so it lives apart (`num_class_row`) and learns at the
+# full rate. The baseline's head copy gets the same treatment, so the comparison stays fair. On the small
+# backbone below the whole head trains at one rate; the saved SmolLM2 runs use $10^{-4}$ for the copied
+# matrices (each run record lists its rates).
 
 # %%
 live_base, live_tok = load_model(live_model)
@@ -345,11 +365,12 @@ display(pd.DataFrame(rows))
 # ## The experiment suites
 #
 # Each suite is `qwen_anatomy.causal.experiments.run(config)`, saved with a run record under
-# `data/results/causal/<suite>/` by `qwen-anatomy causal suite --suite NAME --model M --steps N`. Every variant
-# starts from the same frozen backbone and sees the same batches for the same number of steps. The saved
-# comparison, ablation and initialization suites use the small backbone (a SmolLM2 training step takes
-# seconds on two shared cores, and these suites train more than twenty models); the comprehensive suite,
-# CausalQwen against the baseline on all four evaluation sets, was run on SmolLM2-135M.
+# `data/results/causal/<suite>/` by `qwen-anatomy causal suite --suite NAME --model M --steps N` (the exact
+# commands are in that folder's README). Every variant starts from the same frozen backbone and sees the same
+# batches for the same number of steps. At book scale every suite was run on SmolLM2-135M. A SmolLM2 training
+# step takes a few seconds on this project's two CPU cores, so the budgets are small: the comprehensive suite
+# trains each model longer than the others, which train more than twenty models between them, and the
+# comparison grid is smaller than the library default. Each table says how many steps its models had.
 
 # %%
 if run_suites_inline:
@@ -372,10 +393,8 @@ else:
     results_root = causal_experiments.RESULTS_ROOT
 
 
-def load_suite(suite, model, lr=None):
+def load_suite(suite, model):
     runs = causal_experiments.all_results(suite, model, results_root)
-    if lr is not None:
-        runs = [(r, p) for r, p in runs if r["config"]["lr"] == lr] or runs
     found = runs[-1] if runs else None
     if found is None:
         display(
@@ -390,7 +409,7 @@ def load_suite(suite, model, lr=None):
     display(
         Markdown(
             f"`{suite}` on `{model}`: {cfg['steps']} steps of batch {cfg['batch_size']} at learning rate "
-            f"{cfg['lr']:g}, "
+            f"{cfg['lr']:g} ({cfg.get('lr_pretrained') or cfg['lr']:g} for the copied head matrices), "
             f"{cfg['n_eval']} texts per evaluation set, from `{path.name}`."
         )
     )
@@ -415,7 +434,7 @@ def winner_sentences(results):
 
 
 # %%
-comprehensive_book = load_suite("comprehensive", book_model, lr=book_lr)
+comprehensive_book = load_suite("comprehensive", book_model)
 if comprehensive_book is not None:
     table = (
         causal_experiments.metrics_table(
@@ -455,8 +474,8 @@ if comprehensive_book is not None:
                 if settled
                 else "The head has not reached the regime where the probabilities sum to about 1: this "
                 "comparison measures an unfinished CausalQwen against a baseline whose softmax needs no such "
-                "reshaping, at a budget set by the shared CPU. The comparison suite below reports whether the "
-                "sums reach 1 on the small backbone with more steps."
+                "reshaping, at a budget set by the CPU. The comparison suite below reports whether the sums "
+                "reach 1 from other thresholds."
             )
         )
     )
@@ -477,6 +496,7 @@ for res, path in causal_experiments.all_results("comprehensive", book_model, res
                 "run": path.name,
                 "steps": res["config"]["steps"],
                 "lr": res["config"]["lr"],
+                "lr_pretrained": res["config"].get("lr_pretrained") or res["config"]["lr"],
                 "model": v["name"],
                 "mean <NUM> F1": sum(m["num_f1"] for m in v["metrics"].values()) / len(v["metrics"]),
                 "mean accuracy": sum(m["accuracy"] for m in v["metrics"].values()) / len(v["metrics"]),
@@ -488,12 +508,21 @@ display(pd.DataFrame(history))
 
 # %%
 basic = load_suite("basic", suite_model)
-comprehensive_small = load_suite("comprehensive", suite_model)
-for res in (basic, comprehensive_small):
-    if res is not None:
-        display(causal_experiments.metrics_table(res).set_index(["set", "variant"]).sort_index())
-        display(Markdown(winner_sentences(res)))
-reference = comprehensive_small or basic
+if basic is not None:
+    display(causal_experiments.metrics_table(basic).set_index(["set", "variant"]).sort_index())
+    display(Markdown(winner_sentences(basic)))
+if suite_model == book_model:
+    comprehensive_suite_model = comprehensive_book  # shown in full above
+else:
+    comprehensive_suite_model = load_suite("comprehensive", suite_model)
+    if comprehensive_suite_model is not None:
+        display(
+            causal_experiments.metrics_table(comprehensive_suite_model)
+            .set_index(["set", "variant"])
+            .sort_index()
+        )
+        display(Markdown(winner_sentences(comprehensive_suite_model)))
+reference = comprehensive_suite_model or basic
 
 # %% [markdown]
 # In the three suites below the dashed line marks the baseline of the same backbone (from its

@@ -171,3 +171,16 @@ def test_winners_are_computed_from_the_numbers():
     assert rows == {"num_f1": "baseline", "mae": "undefined", "coverage95": "baseline"}
     with pytest.raises(UserInputError, match="no CausalQwen/baseline pair"):
         experiments.winners({"suite": "ablation", "variants": [variant("causal", 1, 1, 1)]})
+
+
+def test_identical_variants_train_once():
+    cfg = {"suite": "comparison", **TINY, "thresholds": [10.0], "lambdas": [1.0], "alphas": [1.0, 0.5]}
+    results = experiments.run(cfg, log=lambda s: None)
+    by_name = {v["name"]: v for v in results["variants"]}
+    # the default threshold, causal_dim = H, lambda = 1 and alpha = 1 are one and the same model
+    for name in ("causal_dim=64", "lambda=1", "alpha=1"):
+        assert by_name[name]["same_as"] == "threshold=10"
+        assert by_name[name]["metrics"] == by_name["threshold=10"]["metrics"]
+    for name in ("threshold=10", "causal_dim=32", "alpha=0.5"):
+        assert "same_as" not in by_name[name]
+    assert by_name["alpha=0.5"]["config"]["alpha"] == 0.5

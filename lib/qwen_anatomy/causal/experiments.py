@@ -135,6 +135,7 @@ def run(config: dict, log=print) -> dict:
     import torch
 
     from ..loading import load_model
+    from .model import CausalConfig
     from .numtok import NumberTokenizer
     from .train import evaluate, step0_agreement, train
 
@@ -158,7 +159,18 @@ def run(config: dict, log=print) -> dict:
         },
         "variants": [],
     }
+    trained: dict[
+        str, dict
+    ] = {}  # identical variants (e.g. causal_dim=H and the default threshold) train once
     for name, kind, overrides in suite_variants(cfg["suite"], cfg, base.config.hidden_size):
+        key = json.dumps([kind, CausalConfig(**{**cfg["causal"], **overrides}).to_dict()], sort_keys=True)
+        if key in trained:
+            first = trained[key]
+            results["variants"].append(
+                {**first, "name": name, "overrides": overrides, "same_as": first["name"]}
+            )
+            log(f"[{cfg['suite']}] {name}: the same model as {first['name']} (not trained again)")
+            continue
         torch.manual_seed(cfg["seed"])
         model = build(kind, base, numtok.num_token_id, overrides, cfg["causal"])
         row = {"name": name, "kind": kind, "overrides": overrides, "config": model.config.to_dict()}
@@ -191,6 +203,7 @@ def run(config: dict, log=print) -> dict:
             f"({row['train_seconds']} s)"
         )
         results["variants"].append(row)
+        trained[key] = row
         del model
     return results
 
