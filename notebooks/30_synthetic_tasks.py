@@ -285,11 +285,13 @@ for s in live["relu"]["samples"][:4]:
 # ```
 #
 # Forward and inverse configs of a task share the architecture, data, optimiser and budget; only
-# the order of the target differs. The ReLU configs stop at a 15-minute wall-clock budget (the
-# target of this part: exact match of at least 0.95 within 15 minutes), so the steps they reach
-# depend on how loaded the machine was; the Square and Index configs stop at a fixed number of
-# steps. The runs table lists the steps each run made. Exact match is scored on the 1,000 test
-# samples by greedy decoding.
+# the order of the target differs. Every config stops at a fixed number of optimiser steps (the
+# runs table below lists them), never at a wall-clock budget: on a shared machine a time budget
+# buys a different number of steps for each run, and the comparison of orders would measure the
+# machine's load. The target of this part (ReLU $n=10$ forward at exact match 0.95 or more within
+# 15 minutes of training) is checked on the measured training time instead, below. The runs table
+# lists the steps and seconds of each run. Exact match is scored on the 1,000 test samples by
+# greedy decoding.
 
 # %%
 results = load_results(results_root)
@@ -368,7 +370,16 @@ display(
 
 
 # %%
-def summarise(table: pd.DataFrame) -> str:
+def clear_wins(results: pd.DataFrame, task: str, n: int, margin: float = 0.05) -> tuple[int, int]:
+    """Seeds where forward beats inverse by more than `margin` exact match, and seeds with both orders."""
+    runs = results[(results["task"] == task) & (results["n"] == n)]
+    pairs = runs.pivot_table(index="seed", columns="order", values="exact_match").dropna()
+    if not {"forward", "inverse"} <= set(pairs.columns):
+        return 0, 0
+    return int((pairs["forward"] - pairs["inverse"] > margin).sum()), len(pairs)
+
+
+def summarise(table: pd.DataFrame, results: pd.DataFrame) -> str:
     lines = []
     for (task, n), group in table.groupby(["task", "n"]):
         by_order = group.set_index("order")
@@ -381,10 +392,15 @@ def summarise(table: pd.DataFrame) -> str:
             elif abs(gap) <= 0.1:
                 verdict = "the orders are about equally hard"
             elif gap > 0:
+                wins, paired = clear_wins(results, task, n)
                 verdict = "the forward order is ahead" + (
                     " (a single seed)"
                     if one_seed
-                    else (" in every seed" if f["min"] > i["max"] else " on average")
+                    else (
+                        " in every seed, by more than 0.05"
+                        if wins == paired
+                        else f" on average, but by more than 0.05 in only {wins} of {paired} seeds"
+                    )
                 )
             else:
                 verdict = "the inverse order scores higher" + (" (a single seed)" if one_seed else "")
@@ -401,7 +417,7 @@ def summarise(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-display(Markdown(summarise(table)))
+display(Markdown(summarise(table, results)))
 
 
 def equal_step_comparison(curves: dict) -> pd.DataFrame:
@@ -432,18 +448,32 @@ if not same_steps.empty:
 
 relu_fwd = results[(results["task"] == "relu") & (results["order"] == "forward")]
 if not relu_fwd.empty:
-    best = relu_fwd.sort_values("exact_match").iloc[-1]
     reached = relu_fwd["exact_match"].min() >= 0.95
+    within = relu_fwd["train_seconds"].max() <= 15 * 60
+    # the first check during training at which each forward seed scored 0.95 (200-sample test subset)
+    first = []
+    for seed in relu_fwd["seed"]:
+        hits = [r for r in curves.get((relu_fwd["config"].iloc[0], seed), {}).get("exact_match", [])
+                if r["exact_match"] >= 0.95]  # fmt: skip
+        if hits:
+            first.append(hits[0])
     display(
         Markdown(
             f"ReLU $n=10$ forward with the default model: exact match {relu_fwd['exact_match'].min():.3f} "
-            f"to {relu_fwd['exact_match'].max():.3f} over {len(relu_fwd)} seed(s), after at most "
-            f"{relu_fwd['train_seconds'].max() / 60:.1f} minutes of training each "
-            f"({int(relu_fwd['steps'].max())} steps at most; the configs stop at a 15-minute budget). "
+            f"to {relu_fwd['exact_match'].max():.3f} over {len(relu_fwd)} seed(s) after "
+            f"{int(relu_fwd['steps'].max())} steps, which took at most "
+            f"{relu_fwd['train_seconds'].max() / 60:.1f} minutes of training. "
             + (
-                "Every seed reaches the 0.95 target."
-                if reached
-                else "Not every seed reaches the 0.95 target at this budget."
+                "Every seed reaches the 0.95 target within 15 minutes."
+                if reached and within
+                else "Not every seed reaches the 0.95 target within 15 minutes on this machine."
+            )
+            + (
+                f" During training, the seeds first scored 0.95 or more at step "
+                f"{min(r['step'] for r in first)}–{max(r['step'] for r in first)}, after "
+                f"{min(r['seconds'] for r in first):.0f}–{max(r['seconds'] for r in first):.0f} s."
+                if len(first) == len(relu_fwd)
+                else ""
             )
         )
     )
