@@ -201,7 +201,17 @@ def main() -> int:
             f"peak {result['stats_spectra']['peak_rss_mb']:.0f} MB",
             flush=True,
         )
-    if not args.skip_baseline:
+    # The baseline holds every tensor as float32 at once: refuse it up front when that cannot fit in RAM
+    # (the 7B layout needs 30.5 GB), and record why, rather than let the kernel kill it mid-run.
+    need_mb = EXPECTED[name]["parameters"] * 4 / 2**20
+    ram_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    if not args.skip_baseline and need_mb > 0.9 * ram_mb:
+        result["baseline"] = {
+            "skipped": f"needs {need_mb / 1024:.1f} GB of float32 tensors in memory; this machine has "
+            f"{ram_mb / 1024:.1f} GB RAM (the seed-style approach cannot run this layout here)"
+        }
+        print(f"baseline skipped: {result['baseline']['skipped']}", flush=True)
+    elif not args.skip_baseline:
         wall, proc = timed([sys.executable, __file__, "--baseline-worker", str(ckpt)])
         base = json.loads(proc.stdout.strip().splitlines()[-1])
         base["wall_s"] = round(wall, 2)
@@ -233,8 +243,9 @@ def main() -> int:
     result["finished"] = utc_now()
     result["loadavg_start_end"] = [list(load_start), list(os.getloadavg())]
     result["machine_note"] = (
-        "2 vCPUs shared with several other agents' jobs during this run (see loadavg); single BLAS thread "
-        "for ours and the baseline; wall times include interpreter start and imports"
+        f"{os.cpu_count()} vCPUs, {ram_mb / 1024:.0f} GB RAM; other jobs may share the machine (see "
+        "loadavg_start_end and cpu_s against wall_s); single BLAS thread for ours and the baseline; wall "
+        "times include interpreter start and imports"
     )
     result["environment"] = environment()
     atomic_write_json(out, result)
