@@ -298,6 +298,13 @@ display(
 # full rate. The baseline's head copy gets the same treatment, so the comparison stays fair. On the small
 # backbone below the whole head trains at one rate; the saved SmolLM2 runs use $10^{-4}$ for the copied
 # matrices (each run record lists its rates).
+#
+# **Clipping per parameter.** Gradient norms are clipped at 1 for each parameter on its own, not for all
+# of them together. Under the OvR loss on a large vocabulary the scale of $U$ collapses towards 0 within
+# a few steps (the health curves show it), and the gradient of the scale network grows like one over the
+# scale. A global clip divides every gradient by that one norm, pushing the regression head's below Adam's
+# $\epsilon$, and the regression head stops learning. The saved SmolLM2 history below keeps a run trained
+# with a global clip beside the per-parameter one. `train(clip="global")` keeps the old behaviour.
 
 # %%
 live_base, live_tok = load_model(live_model)
@@ -497,14 +504,32 @@ for res, path in causal_experiments.all_results("comprehensive", book_model, res
                 "steps": res["config"]["steps"],
                 "lr": res["config"]["lr"],
                 "lr_pretrained": res["config"].get("lr_pretrained") or res["config"]["lr"],
+                "clip": res["config"].get("clip", "global"),
+                "regression loss, first -> last": f"{v['log'][0]['reg']:.3g} -> {v['log'][-1]['reg']:.3g}",
+                "classification loss, first -> last": f"{v['log'][0]['cls']:.3g} -> {v['log'][-1]['cls']:.3g}",
                 "model": v["name"],
                 "mean <NUM> F1": sum(m["num_f1"] for m in v["metrics"].values()) / len(v["metrics"]),
                 "mean accuracy": sum(m["accuracy"] for m in v["metrics"].values()) / len(v["metrics"]),
                 "final median sum P_k": v["log"][-1]["median_sum_p"],
+                "MAE (basic set)": v["metrics"].get("basic", {}).get("mae", float("nan")),
                 "train seconds": v["train_seconds"],
             }
         )
-display(pd.DataFrame(history))
+history = pd.DataFrame(history)
+display(history)
+if not history.empty:
+    last_by_clip = {c: g.iloc[-1] for c, g in history[history["model"] == "CausalQwen"].groupby("clip")}
+    if {"global", "per_parameter"} <= set(last_by_clip):
+        g_run, p_run = last_by_clip["global"], last_by_clip["per_parameter"]
+        display(
+            Markdown(
+                f"CausalQwen with a global clip ({g_run['steps']} steps): regression loss "
+                f"{g_run['regression loss, first -> last']}, classification loss "
+                f"{g_run['classification loss, first -> last']}, MAE on the basic set {g_run['MAE (basic set)']:.3g}. "
+                f"Clipped per parameter ({p_run['steps']} steps): regression loss "
+                f"{p_run['regression loss, first -> last']}, MAE {p_run['MAE (basic set)']:.3g}."
+            )
+        )
 
 # %%
 basic = load_suite("basic", suite_model)

@@ -156,3 +156,21 @@ def test_pretrained_head_matrices_learn_at_their_own_rate():
         assert moved[1e-5][name] == pytest.approx(1e-5, rel=0.05)
     for name in ("num_class_row", "abduction_scale.bias", "class_head.bias", "reg_head.weight"):
         assert moved[1e-5][name] == pytest.approx(1e-2, rel=0.05), name
+
+
+def test_per_parameter_clipping_keeps_small_gradients_alive():
+    """One exploding gradient (the OvR scale as it collapses) must not silence the others."""
+    from qwen_anatomy.causal.train import clip_gradients
+
+    def params():
+        big, small = torch.nn.Parameter(torch.zeros(100)), torch.nn.Parameter(torch.zeros(10))
+        big.grad, small.grad = torch.full((100,), 1e8), torch.full((10,), 1e-3)
+        return big, small
+
+    big, small = params()
+    clip_gradients([big, small], "global")
+    assert float(small.grad.abs().max()) < 1e-8 * 1e-3 * 10  # far below Adam's epsilon (1e-8)
+    big, small = params()
+    clip_gradients([big, small], "per_parameter")
+    assert torch.equal(small.grad, torch.full((10,), 1e-3))  # under the limit: untouched
+    assert float(big.grad.norm()) == pytest.approx(1.0, rel=1e-5)

@@ -33,6 +33,7 @@ DEFAULTS = {
     "max_length": 48,
     "lr": 1e-2,
     "lr_pretrained": None,  # the copied head matrices' learning rate (None: lr); see train()
+    "clip": "per_parameter",  # gradient-norm clipping at 1: per parameter or "global"; see train()
     "n_train": 2000,
     "n_eval": 64,
     "seed": 0,
@@ -90,6 +91,8 @@ def check_config(config: dict) -> dict:
             raise UserInputError(f"{key}={cfg[key]!r} must be a positive integer")
     if not (isinstance(cfg["lr"], int | float) and math.isfinite(cfg["lr"]) and cfg["lr"] > 0):
         raise UserInputError(f"lr={cfg['lr']!r} must be a finite number > 0")
+    if cfg["clip"] not in ("per_parameter", "global"):
+        raise UserInputError(f"clip={cfg['clip']!r}: use 'per_parameter' or 'global'")
     lrp = cfg["lr_pretrained"]
     if lrp is not None and not (isinstance(lrp, int | float) and math.isfinite(lrp) and lrp > 0):
         raise UserInputError(f"lr_pretrained={lrp!r} must be a finite number > 0 (or null: the same as lr)")
@@ -190,6 +193,7 @@ def run(config: dict, log=print) -> dict:
             cfg["seed"],
             cfg["log_every"],
             lr_pretrained=cfg["lr_pretrained"],
+            clip=cfg["clip"],
             on_log=lambda r, name=name: log(
                 f"  {name} step {r['step']}: loss {r['loss']:.4g}, median sum P {r['median_sum_p']:.4g} ({r['seconds']} s)"
             ),

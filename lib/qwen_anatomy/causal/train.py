@@ -60,6 +60,16 @@ def health(out: CausalOutput, batch: dict, num_token_id: int) -> dict[str, float
     return stats
 
 
+def clip_gradients(params, mode: str = "per_parameter", max_norm: float = 1.0) -> None:
+    """Clip gradient norms at ``max_norm``: each parameter on its own, or all together ("global")."""
+    if mode == "global":
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    for p in params:
+        if p.grad is not None:
+            torch.nn.utils.clip_grad_norm_([p], max_norm)
+
+
 def train(
     model: CausalQwen | BaselineQwen,
     numtok: NumberTokenizer,
@@ -72,6 +82,7 @@ def train(
     log_every: int = 10,
     on_log: Callable[[dict], None] | None = None,
     lr_pretrained: float | None = None,
+    clip: str = "per_parameter",
 ) -> list[dict]:
     """Train the trainable parameters (heads, phi direction, new rows; the backbone when not frozen)
     with AdamW and gradient clipping at 1. Returns the health log, one row per ``log_every`` steps.
@@ -79,8 +90,15 @@ def train(
     ``lr_pretrained`` (default: ``lr``) is the learning rate of the head matrices copied from the base
     model (``model.pretrained_parameters()``: the identity abduction and the LM-head copy). Adam moves
     every entry by about the learning rate per step, so on a large head a rate that suits the new
-    parameters rewrites the base model's ranking within a few steps (chapter 50 measures it)."""
+    parameters rewrites the base model's ranking within a few steps (chapter 50 measures it).
+
+    ``clip``: "per_parameter" (default) clips each parameter's gradient norm at 1 on its own; "global"
+    clips the norm of all gradients together. With OvR on a large vocabulary the scale of U collapses
+    towards 0 and its gradient grows like 1/scale: a global clip then shrinks every other gradient
+    below Adam's epsilon, and the regression head and the new rows stop learning (chapter 50)."""
     texts = check_dataset(texts)
+    if clip not in ("per_parameter", "global"):
+        raise UserInputError(f"clip={clip!r}: use 'per_parameter' or 'global'")
     if not isinstance(steps, int) or steps < 0:
         raise UserInputError(f"steps={steps!r} must be an integer >= 0")
     for name, value in (("lr", lr), ("lr_pretrained", lr if lr_pretrained is None else lr_pretrained)):
@@ -130,7 +148,7 @@ def train(
             break  # the last row logs the model after `steps` updates
         opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        clip_gradients(params, clip)
         opt.step()
     model.eval()
     return log
