@@ -174,7 +174,8 @@ def test_winners_are_computed_from_the_numbers():
 
 
 def test_identical_variants_train_once():
-    cfg = {"suite": "comparison", **TINY, "thresholds": [10.0], "lambdas": [1.0], "alphas": [1.0, 0.5]}
+    # integers, as a JSON grid from the command line gives them, against the float defaults
+    cfg = {"suite": "comparison", **TINY, "thresholds": [10], "lambdas": [1], "alphas": [1, 0.5]}
     results = experiments.run(cfg, log=lambda s: None)
     by_name = {v["name"]: v for v in results["variants"]}
     # the default threshold, causal_dim = H, lambda = 1 and alpha = 1 are one and the same model

@@ -166,7 +166,10 @@ def run(config: dict, log=print) -> dict:
         str, dict
     ] = {}  # identical variants (e.g. causal_dim=H and the default threshold) train once
     for name, kind, overrides in suite_variants(cfg["suite"], cfg, base.config.hidden_size):
-        key = json.dumps([kind, CausalConfig(**{**cfg["causal"], **overrides}).to_dict()], sort_keys=True)
+        resolved = CausalConfig(**{**cfg["causal"], **overrides}).to_dict()
+        # 10 from a JSON grid and the default 10.0 are the same setting
+        resolved = {k: float(v) if type(v) is int else v for k, v in resolved.items()}
+        key = json.dumps([kind, resolved], sort_keys=True)
         if key in trained:
             first = trained[key]
             results["variants"].append(
