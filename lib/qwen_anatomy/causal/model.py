@@ -373,8 +373,9 @@ def gated_loss(
     margin t available, log P and log(1 - P) come from :func:`cauchy.ovr_log_probability` (accurate in
     both tails, floored at log(eps_log)); otherwise from P clamped to [eps, 1 - eps]. A clamp on P has
     zero gradient where it acts, so a negative class whose P rounded to 1 could never be pushed back
-    down: on SmolLM2 hundreds of classes stuck that way (chapter 50). Softmax: cross-entropy on loc_S. Gate g_i = m_i (alpha + (1 - alpha) P_<NUM>,i),
-    with P_<NUM> detached (chapter 50 says why). Denominators are at least 1.
+    down: on SmolLM2 hundreds of classes stuck that way (chapter 50). Softmax: cross-entropy on loc_S.
+    Gate g_i = m_i (alpha + (1 - alpha) P_<NUM>,i), with P_<NUM> detached (chapter 50 says why).
+    Denominators are at least 1.
     """
     labels, valid, is_num, values = next_token_targets(
         input_ids, numerical_values, attention_mask, num_token_id
