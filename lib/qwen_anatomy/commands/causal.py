@@ -23,29 +23,34 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
+def _training_flags(p) -> None:
+    """The flags `train` and `suite` share: backbone, budget, learning rates and seed."""
+    p.add_argument(
+        "--model", default="causal-tiny-lm", help="backbone: built-in name, shipped name or directory"
+    )
+    p.add_argument("--n-train", type=positive_int, default=2000, help="synthetic training texts")
+    p.add_argument("--steps", type=positive_int, default=300)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--lr", type=_float, default=1e-2)
+    p.add_argument(
+        "--lr-pretrained",
+        type=_float,
+        default=None,
+        help="learning rate of the head matrices copied from the base model (default: --lr)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("causal", help="CausalQwen: Cauchy abduction/action heads (Part V)")
     sub = p.add_subparsers(dest="causal_command", metavar="ACTION", parser_class=type(p))
     sub.required = True
 
     t = sub.add_parser("train", help="train CausalQwen (or the baseline) heads on a frozen backbone")
-    t.add_argument(
-        "--model", default="causal-tiny-lm", help="backbone: built-in name, shipped name or directory"
-    )
+    _training_flags(t)
     t.add_argument("--out", required=True, type=Path, help="new directory for the trained heads")
     t.add_argument("--train-file", type=Path, help="training texts, one per line (default: synthetic texts)")
-    t.add_argument("--n-train", type=positive_int, default=2000, help="synthetic training texts")
-    t.add_argument("--steps", type=positive_int, default=300)
-    t.add_argument("--batch-size", type=positive_int, default=16)
     t.add_argument("--max-length", type=positive_int, default=48)
-    t.add_argument("--lr", type=_float, default=1e-2)
-    t.add_argument(
-        "--lr-pretrained",
-        type=_float,
-        default=None,
-        help="learning rate of the head matrices copied from the base model (default: --lr)",
-    )
-    t.add_argument("--seed", type=int, default=0)
     t.add_argument("--baseline", action="store_true", help="train the softmax + Normal baseline instead")
     t.add_argument("--causal-dim", type=positive_int, default=None, help="C (default: hidden size)")
     t.add_argument("--gamma0", type=_float, default=10.0)
@@ -79,19 +84,8 @@ def register(subparsers) -> None:
     s.add_argument(
         "--suite", required=True, help="basic, comprehensive, comparison, ablation, initialization"
     )
-    s.add_argument("--model", default="causal-tiny-lm")
-    s.add_argument("--steps", type=positive_int, default=300)
-    s.add_argument("--batch-size", type=positive_int, default=16)
-    s.add_argument("--n-train", type=positive_int, default=2000)
+    _training_flags(s)
     s.add_argument("--n-eval", type=positive_int, default=64)
-    s.add_argument("--lr", type=_float, default=1e-2)
-    s.add_argument(
-        "--lr-pretrained",
-        type=_float,
-        default=None,
-        help="learning rate of the head matrices copied from the base model (default: --lr)",
-    )
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--eval-batch", type=positive_int, default=16)
     s.add_argument("--log-every", type=positive_int, default=10)
     s.add_argument(
