@@ -113,6 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--examples", type=int, default=8)
     parser.add_argument("--length", type=int, default=32)
     args = parser.parse_args(argv)
+    env = environment()  # at the start: the record names the code this run starts from
     torch.set_num_threads(args.threads)
     results = []
     for make, batch_size, replicas in ((small_model, 16, 8), (slice_model, 8, 7)):
@@ -125,7 +126,6 @@ def main(argv=None) -> int:
             f"({r['speedup_vs_loop']['prefix']:.2f}x), gradients for all heads "
             f"{r['seconds']['gradients_all_heads']:.2f} s ({r['speedup_vs_loop']['gradients']:.1f}x)"
         )
-    env = environment()
     atomic_write_json(
         args.out,
         {

@@ -178,6 +178,7 @@ def main() -> int:
     out = args.out or ROOT / "bench" / "results" / f"weights_{name}.json"
     load_start = os.getloadavg()
     started = utc_now()
+    env = environment()  # at the start: the record names the code this run starts from
     ckpt, build_s = build(name)
     print(
         f"stand-in: {ckpt} (built in {build_s:.0f} s)" if build_s else f"stand-in: {ckpt} (cached)",
@@ -247,7 +248,7 @@ def main() -> int:
         "loadavg_start_end and cpu_s against wall_s); single BLAS thread for ours and the baseline; wall "
         "times include interpreter start and imports"
     )
-    result["environment"] = environment()
+    result["environment"] = env
     atomic_write_json(out, result)
     print(json.dumps(checks))
     print(f"wrote {out}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -83,22 +84,80 @@ def package_version(name: str) -> str | None:
         return None
 
 
+# Paths whose untracked files count as code: a new module or notebook that is not committed yet
+# makes the tree dirty. Results (data/, bench/results/, results/, scratch/) do not: a grid writes its
+# earlier runs' outputs there while later runs start.
+SOURCE_PATHS = ("lib/", "notebooks/", "tests/", "bench/", "configs/", "book/", ".ci/")
+SOURCE_FILES = (
+    "Makefile",
+    "pyproject.toml",
+    "requirements.txt",
+    "environment.yml",
+    "_toc.yml",
+    "_config.yml",
+)
+NOT_SOURCE = ("bench/results/",)
+
+
+def _is_source(path: str) -> bool:
+    if path.startswith(NOT_SOURCE):
+        return False
+    return path.startswith(SOURCE_PATHS) or path in SOURCE_FILES
+
+
 def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
-    """Commit and dirty flag of the checkout the library runs from (None outside git)."""
+    """The exact code a run starts from: commit, dirty flag and, when dirty, a hash of the change.
+
+    ``dirty`` is true when any tracked file differs from HEAD or an untracked (not ignored) file
+    lies under the project's source folders (:data:`SOURCE_PATHS`). ``diff_sha256`` hashes the
+    tracked diff against HEAD and the untracked source files (path and bytes), so two dirty runs
+    from the same change carry the same hash. ``dirty_files`` names up to 20 of the changed paths.
+    Call it when a run starts: a record written at the end could name a later commit. All values
+    are None outside a git checkout.
+    """
+    none = {"commit": None, "dirty": None, "diff_sha256": None, "dirty_files": []}
+
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, timeout=30, check=True).stdout
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return {"commit": commit or None, "dirty": bool(dirty) if commit else None}
+        commit = git("rev-parse", "HEAD").decode().strip()
+        status = git("status", "--porcelain=v1", "-z", "--untracked-files=all").split(b"\0")
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        return none
+    changed: list[str] = []
+    untracked: list[str] = []
+    entries = iter(status)
+    for entry in entries:
+        if not entry:
+            continue
+        code, path = entry[:2].decode(), entry[3:].decode(errors="replace")
+        if code[0] in "RC":  # a rename or copy is followed by its source path
+            next(entries, None)
+        if code == "??":
+            if _is_source(path):
+                untracked.append(path)
+        else:
+            changed.append(path)
+    dirty = bool(changed or untracked)
+    digest = None
+    if dirty:
+        h = hashlib.sha256()
+        try:
+            h.update(git("diff", "HEAD", "--binary"))
+        except (OSError, subprocess.SubprocessError):
+            return {**none, "commit": commit, "dirty": True}
+        for path in sorted(untracked):
+            h.update(b"\0untracked\0" + path.encode() + b"\0")
+            with contextlib.suppress(OSError):
+                h.update((root / path).read_bytes())
+        digest = h.hexdigest()
+    return {
+        "commit": commit,
+        "dirty": dirty,
+        "diff_sha256": digest,
+        "dirty_files": sorted(changed + untracked)[:20],
+    }
 
 
 def environment() -> dict[str, Any]:
