@@ -1,7 +1,7 @@
 """Benchmark of `qwen-anatomy params` against a seed-style baseline on exact-shape stand-ins (Part II).
 
-    .venv/bin/python bench/weights.py            # Qwen2.5-0.5B layout (bf16, 988 MB, 290 tensors)
-    .venv/bin/python bench/weights.py --7b       # Qwen2.5-7B layout in 4 shards (15.2 GB; up to 90 min)
+    .venv/bin/python bench/weights.py            # Qwen2.5-0.5B layout (bf16, 290 tensors)
+    .venv/bin/python bench/weights.py --7b       # Qwen2.5-7B layout in 4 shards (up to 90 min)
 
 Builds once, outside git (``$QWEN_ANATOMY_CACHE/bench`` or ``~/.cache/qwen-anatomy/bench``), a
 random-weight bf16 safetensors checkpoint with the exact layout, then measures in this one run, each
@@ -9,6 +9,8 @@ in its own process: the header-only summary (``--describe``), the statistics pas
 none``), statistics + spectra (``--spectra gram``) and the seed-style baseline (load every tensor as
 float32 into memory, then per-tensor mean/std and the full SVD). Writes JSON with wall times, peak
 RSS, the ratios baseline / ours, the targets, and the machine (``bench/results/weights_<layout>.json``).
+Sizes are computed from the layout's parameter count and printed in GB of 2**30 bytes, the unit of the
+result files.
 """
 
 from __future__ import annotations
@@ -33,6 +35,17 @@ EXPECTED = {
     "qwen2.5-0.5b": {"rows": 290, "parameters": 494_032_768},
     "qwen2.5-7b": {"rows": 339, "parameters": 7_615_616_512},
 }
+
+
+def gb(n_bytes: float) -> float:
+    """Bytes in GB of 2**30 bytes (the unit every size printed or recorded here uses)."""
+    return n_bytes / 2**30
+
+
+def sizes_gb(name: str) -> dict[str, float]:
+    """The stand-in checkpoint in bf16 (2 bytes per parameter) and the baseline's float32 copy (4 bytes)."""
+    n = EXPECTED[name]["parameters"]
+    return {"bf16": gb(2 * n), "float32": gb(4 * n)}
 
 
 def layout_config(name: str):
@@ -164,7 +177,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--7b", dest="seven", action="store_true", help="the Qwen2.5-7B layout (15 GB, long)")
+    parser.add_argument(
+        "--7b",
+        dest="seven",
+        action="store_true",
+        help=f"the Qwen2.5-7B layout ({sizes_gb('qwen2.5-7b')['bf16']:.1f} GB of bf16 in 4 shards; long)",
+    )
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--out", type=Path, help="result JSON (default bench/results/weights_<layout>.json)")
     parser.add_argument("--baseline-worker", help=argparse.SUPPRESS)
@@ -181,7 +199,8 @@ def main() -> int:
     env = environment()  # at the start: the record names the code this run starts from
     ckpt, build_s = build(name)
     print(
-        f"stand-in: {ckpt} (built in {build_s:.0f} s)" if build_s else f"stand-in: {ckpt} (cached)",
+        f"stand-in: {ckpt}, {sizes_gb(name)['bf16']:.1f} GB of bf16 "
+        + (f"(built in {build_s:.0f} s)" if build_s else "(cached)"),
         flush=True,
     )
     result = {"layout": name, "checkpoint": str(ckpt), "build_s": round(build_s, 1), "started": started}
@@ -202,14 +221,14 @@ def main() -> int:
             f"peak {result['stats_spectra']['peak_rss_mb']:.0f} MB",
             flush=True,
         )
-    # The baseline holds every tensor as float32 at once: refuse it up front when that cannot fit in RAM
-    # (the 7B layout needs 30.5 GB), and record why, rather than let the kernel kill it mid-run.
-    need_mb = EXPECTED[name]["parameters"] * 4 / 2**20
-    ram_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
-    if not args.skip_baseline and need_mb > 0.9 * ram_mb:
+    # The baseline holds every tensor as float32 at once (sizes_gb(name)["float32"]): refuse it up front
+    # when that cannot fit in RAM, and record why, rather than let the kernel kill it mid-run.
+    need_gb = sizes_gb(name)["float32"]
+    ram_gb = gb(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    if not args.skip_baseline and need_gb > 0.9 * ram_gb:
         result["baseline"] = {
-            "skipped": f"needs {need_mb / 1024:.1f} GB of float32 tensors in memory; this machine has "
-            f"{ram_mb / 1024:.1f} GB RAM (the seed-style approach cannot run this layout here)"
+            "skipped": f"needs {need_gb:.1f} GB of float32 tensors in memory; this machine has "
+            f"{ram_gb:.1f} GB RAM (the seed-style approach cannot run this layout here)"
         }
         print(f"baseline skipped: {result['baseline']['skipped']}", flush=True)
     elif not args.skip_baseline:
@@ -244,7 +263,7 @@ def main() -> int:
     result["finished"] = utc_now()
     result["loadavg_start_end"] = [list(load_start), list(os.getloadavg())]
     result["machine_note"] = (
-        f"{os.cpu_count()} vCPUs, {ram_mb / 1024:.0f} GB RAM; other jobs may share the machine (see "
+        f"{os.cpu_count()} vCPUs, {ram_gb:.0f} GB RAM; other jobs may share the machine (see "
         "loadavg_start_end and cpu_s against wall_s); single BLAS thread for ours and the baseline; wall "
         "times include interpreter start and imports"
     )

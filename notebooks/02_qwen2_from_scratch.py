@@ -23,12 +23,17 @@
 # K key/value heads, d head dimension, V vocabulary.
 
 # %% tags=["parameters"]
-model_name = "smollm2-135m"  # the real checkpoint of the last sections (built-in name, directory or .gguf)
+model = "qwen2.5-coder-0.5b"  # the real Qwen2 of the last sections (built-in name, directory or .gguf)
+llama_model = "smollm2-135m"  # a Llama-family checkpoint the same code loads (no q/k/v biases)
 verify_prompts = 5  # prompts compared with transformers, token by token
 generate_tokens = 40  # tokens generated in the cache and batching demonstrations
+anatomy_sequences = 8  # sequences of real text for the bias, massive-activation and sink measurements
+anatomy_tokens = 128  # tokens per sequence
+n_boot = 2000  # bootstrap resamples for the loss intervals
 seed = 0
 
 # %%
+import gc
 import inspect
 import time
 
@@ -154,18 +159,19 @@ ax.legend()
 # Because both the query at position $m$ and the key at position $n$ are rotated, their dot
 # product depends only on $m - n$. Checked numerically, with transformers' tables for comparison:
 
-# %%
-q, k = torch.randn(1, 1, 1, 64), torch.randn(1, 1, 1, 64)
 
-
-def rotated_score(m: int, n: int) -> float:
-    cq, sq = qm.rope_tables(torch.tensor([[m]]), inv)
-    ck, sk = qm.rope_tables(torch.tensor([[n]]), inv)
+# %% tags=["teaching"]
+def rotated_score(q, k, m: int, n: int, inv_freq) -> float:
+    """q·k after rotating q ([1, 1, 1, d]) to position m and k to position n with the library's RoPE."""
+    cq, sq = qm.rope_tables(torch.tensor([[m]]), inv_freq)
+    ck, sk = qm.rope_tables(torch.tensor([[n]]), inv_freq)
     return float((qm.apply_rope(q, cq, sq) * qm.apply_rope(k, ck, sk)).sum())
 
 
+# %%
+q, k = torch.randn(1, 1, 1, 64), torch.randn(1, 1, 1, 64)
 pairs = [(5, 2), (105, 102), (1005, 1002), (5, 4)]
-print({f"q@{m}, k@{n}": round(rotated_score(m, n), 5) for m, n in pairs})
+print({f"q@{m}, k@{n}": round(rotated_score(q, k, m, n, inv), 5) for m, n in pairs})
 ref_rope = modeling_qwen2.Qwen2RotaryEmbedding(transformers.Qwen2Config(**QWEN2_5_0_5B.to_hf_dict()))
 ref_cos, ref_sin = ref_rope(torch.zeros(1), pos)
 print("cos/sin tables identical to transformers':", torch.equal(ref_cos, cos) and torch.equal(ref_sin, sin))
@@ -302,25 +308,38 @@ display(
 )
 
 # %% [markdown]
-# ## The real model, layer by layer
+# ## The real Qwen2, layer by layer
 #
-# SmolLM2-135M is a Llama-architecture checkpoint: Qwen2 without q/k/v biases. It loads into our
-# model unchanged apart from that flag. We compare every stage (embedding, each of the 30 layers,
-# the final norm, the logits) with transformers' `LlamaForCausalLM` on the same prompt, and then
-# greedy generations on several prompts.
+# The book's real model is Qwen2.5-Coder-0.5B-Instruct: 24 layers, hidden size 896, 14 query heads
+# sharing 2 key/value heads, biases on q, k and v, and an LM head stored apart from the embedding.
+# It loads into the same class as the tiny models above. We compare every stage (embedding, each
+# layer, the final norm, the logits) with transformers' own `Qwen2ForCausalLM` on the same prompt,
+# and then greedy generations on several prompts.
+
+# %% tags=["hide-input"]
+real_model, tok = load_model(model)
+hf_model = load_transformers_model(real_model.source)
+cfg_real = real_model.config
+print(
+    f"{model}: {cfg_real.num_hidden_layers} layers, hidden {cfg_real.hidden_size}, {cfg_real.num_attention_heads} "
+    f"heads / {cfg_real.num_key_value_heads} KV heads, q/k/v bias {cfg_real.attention_bias}, "
+    f"{qm.count_parameters(real_model):,} parameters; transformers class {type(hf_model).__name__}"
+)
 
 # %%
-model, tok = load_model(model_name)
-hf_model = load_transformers_model(model.source)
 prompt_text = "Rotary embeddings encode the position of each token by rotating its query and key vectors."
 prompt_ids = torch.tensor([tok.encode(prompt_text)])
-div = pd.DataFrame(layer_divergence(model, hf_model, prompt_ids))
+div = pd.DataFrame(layer_divergence(real_model, hf_model, prompt_ids))
 fig, ax = plotting.figure(width=7.0, height=3.2)
 ax.semilogy(div["max_abs_diff"].clip(lower=1e-10).values, marker="o", label="max |ours − transformers|")
 ax.semilogy(div["tolerance"].values, ls="--", color="grey", label="tolerance (atol + rtol·rms)")
 ax.set_xticks(range(len(div)), div["stage"], rotation=90, fontsize=7)
-plotting.label(ax, "stage", "absolute difference", f"{model_name} against transformers, per stage")
+plotting.label(ax, "stage", "absolute difference", f"{model} against transformers, per stage")
 ax.legend()
+
+# %% [markdown]
+# Each dot is the largest difference at one stage; the dashed line is the tolerance, relative to the
+# stage's typical size. Look at whether any dot crosses it.
 
 # %%
 from qwen_anatomy.verify import DEFAULT_PROMPTS, first_divergent
@@ -329,7 +348,7 @@ prompts = DEFAULT_PROMPTS[:verify_prompts]
 agree = []
 for text in prompts:
     ids_ = tok.encode(text)
-    ours_tokens = generate(model, [ids_], max_new_tokens=20)[0]
+    ours_tokens = generate(real_model, [ids_], max_new_tokens=20)[0]
     with torch.no_grad():
         ref_tokens = hf_model.generate(
             torch.tensor([ids_]), attention_mask=torch.ones(1, len(ids_), dtype=torch.long),
@@ -345,13 +364,13 @@ for text in prompts:
 agree = pd.DataFrame(agree)
 agree
 
-# %%
+# %% tags=["hide-input"]
 first = first_divergent(div.to_dict("records"))
 display(
     Markdown(
         f"Largest logit difference on the prompt: {div['max_abs_diff'].iloc[-1]:.1e}; the largest of any stage is "
         f"{div['max_abs_diff'].max():.1e}, in `{div.loc[div['max_abs_diff'].idxmax(), 'stage']}`, where activations reach "
-        f"{div['max_abs_value'].max():.0f} in magnitude. "
+        f"{div['max_abs_value'].max():.0f} in magnitude (a *massive activation*, measured below). "
         + (
             "No stage exceeds its tolerance. "
             if first is None
@@ -361,16 +380,63 @@ display(
         "The same report is available for any checkpoint: `qwen-anatomy verify MODEL`."
     )
 )
+del hf_model  # 2.5 GB of float32 we no longer need
+gc.collect()
+
+# %% [markdown]
+# ## One implementation, two families
+#
+# SmolLM2-135M is a Llama-architecture checkpoint: Qwen2 without q/k/v biases, with a tied LM head.
+# The same class loads it with `attention_bias=False`; nothing else changes. Side by side, and its
+# logits against transformers' `LlamaForCausalLM` on the prompt above (its own tokens):
+
+# %% tags=["hide-input"]
+llama, llama_tok = load_model(llama_model)
+hf_llama = load_transformers_model(llama.source)
+llama_ids = torch.tensor([llama_tok.encode(prompt_text)])
+llama_div = layer_divergence(llama, hf_llama, llama_ids)
+llama_class = type(hf_llama).__name__
+del hf_llama
+chat_question = [{"role": "user", "content": "What is the capital of France?"}]
+families = {}
+for name, (net, net_tok) in {model: (real_model, tok), llama_model: (llama, llama_tok)}.items():
+    c = net.config
+    answer = generate(
+        net, [net_tok.encode(net_tok.apply_chat_template(chat_question))], max_new_tokens=12,
+        eos_token_id=net_tok.eos_token_id,
+    )[0]  # fmt: skip
+    families[name] = {
+        "model_type": c.model_type,
+        "layers": c.num_hidden_layers,
+        "hidden": c.hidden_size,
+        "heads / KV heads": f"{c.num_attention_heads} / {c.num_key_value_heads}",
+        "q/k/v bias": c.attention_bias,
+        "tied LM head": c.tie_word_embeddings,
+        "vocabulary": c.vocab_size,
+        "rope theta": c.rope_theta,
+        "parameters": f"{qm.count_parameters(net):,}",
+        "greedy chat answer": net_tok.decode(answer),
+    }
+display(pd.DataFrame(families))
+display(
+    Markdown(
+        f"{llama_model} against transformers' `{llama_class}`: largest logit "
+        f"difference {llama_div[-1]['max_abs_diff']:.1e}; first stage over its tolerance: "
+        f"{first_divergent(llama_div) or 'none'}."
+    )
+)
+del llama
+gc.collect()
 
 # %% [markdown]
 # ## What the model attends to
 #
 # The attention probabilities are a named activation (`hook_pattern`), computed on the eager path
-# when something reads them. One head of one layer, on the prompt above:
+# when something reads them. One head of one layer of the Qwen2, on the prompt above:
 
 # %%
 layer, head = 4, 2
-_, acts = qm.run_with_cache(model, prompt_ids, [f"model.layers.{layer}.self_attn.hook_pattern"])
+_, acts = qm.run_with_cache(real_model, prompt_ids, [f"model.layers.{layer}.self_attn.hook_pattern"])
 pattern = acts[f"model.layers.{layer}.self_attn.hook_pattern"][0, head]
 labels = [tok.decode([i]) for i in prompt_ids[0].tolist()]
 fig, ax = plotting.figure(width=6.5, height=5.5)
@@ -389,6 +455,12 @@ print(
 )
 
 # %% [markdown]
+# Each row is one query's distribution over the keys it may see (the upper triangle is the causal
+# mask). Look at the first column: many queries put a large share of their attention on the first
+# token, whatever it is. That is an *attention sink*, measured over real text at the end of this
+# chapter.
+
+# %% [markdown]
 # ## Generation with a KV cache
 #
 # Generating token $t$ needs the keys and values of every earlier token. Recomputing them at each
@@ -396,14 +468,18 @@ print(
 # the model on one token. The cache must change nothing but the speed:
 
 # %%
-chat = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
+chat = tok.apply_chat_template(chat_question)
 chat_ids = tok.encode(chat)
 timings = {}
 outputs = {}
 for use_cache in (True, False):
     start = time.perf_counter()
     outputs[use_cache] = generate(
-        model, [chat_ids], max_new_tokens=generate_tokens, eos_token_id=tok.eos_token_id, use_cache=use_cache
+        real_model,
+        [chat_ids],
+        max_new_tokens=generate_tokens,
+        eos_token_id=tok.eos_token_id,
+        use_cache=use_cache,
     )[0]
     timings[use_cache] = time.perf_counter() - start
 answer = tok.decode(outputs[True])
@@ -428,12 +504,12 @@ display(
 questions = [
     "What is the capital of France?",
     "Name a prime number.",
-    "What colour is the sky on a clear day?",
+    "Write a Python expression that reverses a list xs.",
 ]
 batch = [tok.encode(tok.apply_chat_template([{"role": "user", "content": q}])) for q in questions]
-batched = generate(model, batch, max_new_tokens=generate_tokens, eos_token_id=tok.eos_token_id)
+batched = generate(real_model, batch, max_new_tokens=generate_tokens, eos_token_id=tok.eos_token_id)
 singles = [
-    generate(model, [b], max_new_tokens=generate_tokens, eos_token_id=tok.eos_token_id)[0] for b in batch
+    generate(real_model, [b], max_new_tokens=generate_tokens, eos_token_id=tok.eos_token_id)[0] for b in batch
 ]
 pd.DataFrame(
     {
@@ -443,10 +519,214 @@ pd.DataFrame(
     }
 )
 
-# %%
+# %% tags=["hide-input"]
 same = sum(a == b for a, b in zip(batched, singles, strict=True))
 display(
     Markdown(
         f"{same} of {len(questions)} batched rows equal their one-by-one generation (prompt lengths {sorted({len(b) for b in batch})})."
+    )
+)
+
+# %% [markdown]
+# ## What a Qwen2 reader comes for: biases, massive activations, sinks
+#
+# Three features set trained Qwen2 models apart from the tiny random ones we verified above: the
+# biases on q, k and v, a few residual-stream activations thousands of times larger than the rest
+# (Sun et al., 2024), and heads that park their attention on the first token (Xiao et al., 2023).
+# We measure each on real text the model has not been tuned on here: docstrings of Python's standard
+# library, shuffled and cut into `anatomy_sequences` sequences of `anatomy_tokens` tokens
+# (`anatomy.text_sequences`). The functions are in `qwen_anatomy.anatomy`. Losses are mean
+# next-token cross-entropies in nats; their intervals come from resampling whole sequences
+# (a bootstrap over sequences, since the tokens of one sequence are not independent).
+
+# %% tags=["hide-input"]
+from qwen_anatomy import anatomy
+
+text_ids = anatomy.text_sequences(tok, anatomy_sequences, anatomy_tokens, seed=seed)
+token_text = [[tok.decode([i]) for i in row] for row in text_ids.tolist()]
+residual = anatomy.residual_stream(real_model, text_ids)  # [L + 1, N, T, D]
+baseline_losses = anatomy.token_losses(real_model, text_ids)
+print(
+    f"{text_ids.shape[0]} sequences of {text_ids.shape[1]} tokens; baseline loss "
+    f"{baseline_losses.mean():.3f} nats per token. First tokens: {[row[0] for row in token_text[:4]]}"
+)
+
+# %% [markdown]
+# ### The q, k and v biases
+#
+# Qwen2 adds a bias to the query, key and value projections (Llama-family models have none). The
+# bias sits *before* the rotation: the query of token $i$ is $q_i = R_i(W_q x_i + b_q)$ and the key
+# of token $j$ is $k_j = R_j(W_k x_j + b_k)$, where $R_m$ rotates each pair of dimensions by the
+# angles $m\theta$. Rotations are orthogonal and $R_i^\top R_j = R_{j-i}$, so the score splits into
+# four terms:
+#
+# $$q_i^\top k_j = \underbrace{(W_q x_i)^\top R_{j-i}\, W_k x_j}_{\text{content, content}}
+# + \underbrace{b_q^\top R_{j-i}\, W_k x_j}_{\text{q bias}}
+# + \underbrace{(W_q x_i)^\top R_{j-i}\, b_k}_{\text{k bias}}
+# + \underbrace{b_q^\top R_{j-i}\, b_k}_{\text{both}}.$$
+#
+# - **k bias.** Without rotation ($R = I$) the k-bias terms $(W_q x_i + b_q)^\top b_k$ are the same
+#   for every key $j$ of a query, and a softmax ignores a constant added to all its inputs: a k bias
+#   would do nothing at all. With RoPE they depend on the distance $j - i$: the k bias becomes a
+#   query-dependent preference for keys at some distances. (Pairs that rotate slowly over the
+#   context contribute a near-constant, and so nearly nothing.)
+# - **q bias.** $b_q^\top R_{j-i} W_k x_j$ does not depend on the query token: every query of the
+#   head prefers the same kinds of keys (by content, modulated by distance). It varies across keys,
+#   so it matters with or without rotation.
+# - **Both.** $b_q^\top R_{j-i} b_k$ depends on the distance alone: a learned relative-position bias
+#   shared by every query of the head.
+# - **v bias.** No rotation is involved: a query's attention weights sum to one, so
+#   $\sum_j p_{ij}(W_v x_j + b_v) = \sum_j p_{ij} W_v x_j + b_v$. Every head output is shifted by
+#   the same $b_v$ whatever the input, and `o_proj` turns that into one constant vector each layer
+#   adds to the residual stream (`anatomy.v_bias_offsets`).
+#
+# The first claim, checked on the real model: give every token position 0 (no rotation anywhere),
+# and zeroing the k biases changes nothing beyond float rounding; with RoPE it changes the logits.
+
+# %%
+probe = text_ids[:1, :32]
+no_rotation = torch.zeros_like(probe)
+rows = []
+with torch.no_grad():
+    for rotation, positions in (("RoPE off (every position 0)", no_rotation), ("RoPE on", None)):
+        full = real_model(probe, position_ids=positions).logits
+        for projection in ("k", "q"):
+            with anatomy.zeroed_biases(real_model, (projection,)):
+                zeroed = real_model(probe, position_ids=positions).logits
+            rows.append(
+                {
+                    "rotation": rotation,
+                    "bias zeroed": projection,
+                    "max |Δ logit|": (zeroed - full).abs().max().item(),
+                }
+            )
+pd.DataFrame(rows).pivot(index="rotation", columns="bias zeroed", values="max |Δ logit|")
+
+# %% [markdown]
+# How large are the biases? For every head we divide the norm of its bias by the median norm of
+# its projected input $W_h x$ over the tokens of the text (a ratio above 1: the bias dominates the
+# typical activation), and we zero the biases of every layer to see what the loss says.
+
+# %%
+biases = anatomy.bias_table(real_model, residual)
+bias_losses = anatomy.bias_ablation(real_model, text_ids, baseline=baseline_losses)
+bias_effects = anatomy.difference_table(bias_losses, n_boot=n_boot, seed=seed)
+fig = anatomy.plot_biases(biases, bias_effects)
+# %% [markdown]
+# Left: one marker per head and layer; look at the k heads (red squares) of the first layers, far
+# above the dashed line where the bias equals the typical activation. Right: the loss change when
+# the biases of every layer are zeroed, with its 95% bootstrap interval.
+
+# %% tags=["hide-input"]
+v_offsets = anatomy.v_bias_offsets(real_model).norm(dim=-1)
+embed_rms = residual[0].pow(2).mean().sqrt()
+k_first = biases[(biases["projection"] == "k") & (biases["layer"] == 0)]
+display(Markdown(anatomy.bias_sentence(biases, bias_effects)))
+display(
+    Markdown(
+        f"In layer 0 the keys are almost pure bias (k-bias norms {k_first['ratio'].min():.0f} to "
+        f"{k_first['ratio'].max():.0f} times the median $\\|W_k x\\|$): there, which key a query picks depends on "
+        "the query and the distance, hardly on the key's content. The v biases add constant vectors of norm "
+        f"{v_offsets.min():.1f} to {v_offsets.max():.1f} per layer (largest in layer {int(v_offsets.argmax())}) "
+        f"to every position, against an embedding rms of {embed_rms:.3f} per coordinate "
+        f"(norm {embed_rms * cfg_real.hidden_size**0.5:.1f}); the layers after them expect those offsets, which is "
+        "why removing them costs so much."
+    )
+)
+
+# %% [markdown]
+# ### Massive activations
+#
+# Sun et al. (2024) found a handful of activations in the residual stream of large language models
+# that are about 10,000 times larger than the median: in fixed dimensions, at the first token (and
+# in some models at the first delimiter such as "." or "\n"), nearly constant from the layer where
+# they appear to the last layers, and acting like biases the attention relies on. For each layer
+# we take the residual stream after it over all sequences, positions and dimensions, and record the
+# three largest magnitudes, where the largest sits, and the median magnitude.
+
+# %%
+delimiters = anatomy.delimiter_mask(tok, text_ids)
+extremes = anatomy.extremes_table(residual[1:], delimiters)
+top_layer = int(extremes.loc[extremes["top1"].idxmax(), "layer"])
+fig = anatomy.plot_massive(extremes, residual[top_layer + 1], top_layer)
+# %% [markdown]
+# Left: the three largest $|h|$ and the median per layer, on a log scale; look at the jump of the
+# top entries by two orders of magnitude from one layer to the next while the median stays put.
+# Right: for the layer holding the largest entry, the largest $|h|$ in each of the 896 dimensions,
+# at the first position (red) and anywhere else (blue); look for the few red spikes.
+
+# %% tags=["hide-input"]
+display(Markdown(anatomy.massive_sentence(extremes, token_text)))
+massive_dims = anatomy.recurring_dimensions(anatomy.massive_dimensions(residual[1:]))
+display(
+    extremes[
+        ["layer", "top1", "median", "ratio", "position", "dim", "rest_max", "rest_position", "delimiter_max"]
+    ]
+    .round(2)
+    .set_index("layer")
+)
+display(
+    Markdown(
+        "Dimensions holding a massive activation (some $|h|$ above 100 and above 1,000× the layer's median, "
+        "Sun et al.'s working definition), with the number of layers in which they do:"
+    )
+)
+massive_dims
+
+# %% [markdown]
+# ### Attention sinks
+#
+# Xiao et al. (2023) observed that language models put a large share of attention on the first
+# tokens whatever they say, and that a sliding-window KV cache that evicts them breaks the model,
+# while keeping just those few tokens repairs it (StreamingLLM). A softmax must give its mass to
+# something; a head that has nothing useful to read parks it on a token whose value changes little,
+# and the first token, seen by every query, is the one all queries share. We measure, per layer and
+# head, the mean attention on the first position over queries at positions 4 and later.
+
+# %%
+shares = anatomy.first_position_share(real_model, text_ids)  # [L, H]
+
+# %% [markdown]
+# Then we hide a position from the queries and measure the loss, in two designs. Hiding the first
+# position from *every* later query is the same as deleting the first token: attention scores
+# depend only on relative positions, so the second token simply becomes the first (the tests check
+# this equality). *Evicting* it instead, as a sliding-window cache does, hides it only from the
+# queries from the middle of the sequence on: the tokens before them were computed with the first
+# token in view. The control hides a random position from the middle half of each sequence in the
+# same way. Each hidden key is masked before the softmax in every layer and head.
+
+# %%
+evict_from = anatomy_tokens // 2
+sink_effects = {
+    from_query: anatomy.difference_table(
+        anatomy.sink_masking(
+            real_model, text_ids, from_query=from_query, seed=seed, baseline=baseline_losses
+        ),
+        from_position=from_query,
+        n_boot=n_boot,
+        seed=seed,
+    )
+    for from_query in (1, evict_from)
+}
+fig = anatomy.plot_sinks(shares, sink_effects)
+# %% [markdown]
+# Left: the mean attention each head (rows) of each layer (columns) gives the first position; look
+# at where the bright columns begin. Right: the loss change over the affected predictions when the
+# first position (red) or a random middle position (grey) is hidden, with 95% bootstrap intervals.
+
+# %% tags=["hide-input"]
+display(Markdown(anatomy.sink_sentence(shares, sink_effects)))
+display(Markdown(anatomy.onset_sentence(extremes, shares)))
+hidden_residual = anatomy.residual_stream(
+    real_model, text_ids[:2], blocked=anatomy.block_keys(2, anatomy_tokens, 0)
+)
+second_before = residual[top_layer + 1, :2, 1].abs().max()
+second_after = hidden_residual[top_layer + 1, :, 1].abs().max()
+display(
+    Markdown(
+        "Why hiding the first token from everything costs so little: the second token then sees only itself, as "
+        f"a first token does, and becomes the new sink. After layer {top_layer} its largest $|h|$ grows from "
+        f"{second_before:.1f} to {second_after:.1f} (in the first two sequences): the massive activation moves to "
+        "it. Only the eviction, which leaves no token to take over, shows how much the model leans on its sink."
     )
 )

@@ -46,10 +46,10 @@ import torch
 from IPython.display import Markdown, display
 
 from qwen_anatomy.loading import REPO_ROOT
-from qwen_anatomy.tasks import vocab
+from qwen_anatomy.tasks import report, vocab
 from qwen_anatomy.tasks.data import decoder_example
 from qwen_anatomy.tasks.evaluate import evaluate
-from qwen_anatomy.tasks.experiment import load_curves, load_results, seed_table
+from qwen_anatomy.tasks.experiment import load_committed, seed_table
 from qwen_anatomy.tasks.generators import (
     TaskSpec,
     generate_task,
@@ -142,7 +142,7 @@ first_lines = {
 for name, line in first_lines.items():
     print(f"{name:12s} {line}")
 
-# %%
+# %% tags=["hide-input"]
 rows = []
 ys_by_task = {}
 for name, spec in specs.items():
@@ -167,15 +167,10 @@ for name, spec in specs.items():
 stats = pd.DataFrame(rows).set_index("task")
 stats
 
+# %% tags=["remove-input"]
+display(Markdown(report.overlap_sentence(int(stats["test inputs also in train"].sum()), stats_samples)))
+
 # %%
-overlap_total = int(stats["test inputs also in train"].sum())
-display(
-    Markdown(
-        f"Across the three tasks, {overlap_total} test inputs also occur among the first "
-        f"{stats_samples:,} training inputs"
-        + (" — train and test do not overlap." if overlap_total == 0 else ".")
-    )
-)
 fig = plot_output_statistics(ys_by_task)
 
 # %% [markdown]
@@ -211,12 +206,16 @@ print(
 # %% [markdown]
 # ## Training, live
 #
-# `qwen-anatomy train --config configs/relu.yaml` trains the book's default model (a 2-layer Qwen2,
-# hidden size 128, 4 query heads sharing 2 key/value heads) with the Hugging Face Trainer: AdamW,
-# linear warm-up then decay, gradient clipping, batch 128, on the CPU, with no experiment-tracking
-# service. Every `eval_every` steps it decodes a test subset greedily (exactly $n + 1$ tokens after
-# `#`) and records the exact match. Here a smaller model is trained on both orders with the same
-# budget, to show the machinery; the book-scale numbers follow.
+# `qwen-anatomy train --config configs/relu.yaml` trains the book's default model (read from that
+# file below) with the Hugging Face Trainer: AdamW, linear warm-up then decay, gradient clipping, on
+# the CPU, with no experiment-tracking service. Every `eval_every` steps it decodes a test subset
+# greedily (exactly $n + 1$ tokens after `#`) and records the exact match. Here a smaller model is
+# trained on both orders with the same budget, to show the machinery; the book-scale numbers follow.
+
+# %% tags=["remove-input"]
+display(
+    Markdown(report.config_sentence(load_config(REPO_ROOT / "configs" / "relu.yaml"), "configs/relu.yaml"))
+)
 
 # %%
 live = {}
@@ -253,19 +252,16 @@ pd.DataFrame(
     }
 )
 
-# %%
-fwd_live, inv_live = live["relu"]["exact_match"], live["relu_inverse"]["exact_match"]
+# %% tags=["remove-input"]
 display(
     Markdown(
-        f"After {live_steps} steps the small model reaches exact match {fwd_live:.3f} in the forward "
-        f"order and {inv_live:.3f} in the inverse order on {live_eval_examples} test samples. "
-        + (
-            "Forward is ahead at this budget."
-            if fwd_live > inv_live
-            else "At this budget the forward order is not ahead; the book-scale runs below decide."
+        report.live_sentence(
+            live["relu"]["exact_match"], live["relu_inverse"]["exact_match"], live_steps, live_eval_examples
         )
     )
 )
+
+# %%
 print("sample generations (forward):")
 for s in live["relu"]["samples"][:4]:
     print(
@@ -275,8 +271,8 @@ for s in live["relu"]["samples"][:4]:
 # %% [markdown]
 # ## Book scale: forward against inverse, with seeds
 #
-# The committed results under `data/results/tasks/` were produced on this project's two shared CPU
-# cores by one command (resumable; each run writes its curves, evaluation and run record):
+# The committed results under `data/results/tasks/` were produced on this project's shared CPU by one
+# command (resumable; each run writes its curves, evaluation and run record):
 #
 # ```
 # qwen-anatomy tasks sweep --configs configs/relu.yaml configs/relu_inverse.yaml \
@@ -290,13 +286,12 @@ for s in live["relu"]["samples"][:4]:
 # buys a different number of steps for each run, and the comparison of orders would measure the
 # machine's load. The target of this part (ReLU $n=10$ forward at exact match 0.95 or more within
 # 15 minutes of training) is checked on the measured training time instead, below. The runs table
-# lists the steps and seconds of each run. Exact match is scored on the 1,000 test samples by
-# greedy decoding.
+# lists the steps and seconds of each run. The chapter reads these files in every build; if they are
+# missing it stops here with the command above.
 
-# %%
-results = load_results(results_root)
-if results.empty:
-    raise FileNotFoundError(f"no committed results under {results_root}: run the sweep command above")
+# %% tags=["hide-input"]
+results, curves = load_committed(results_root)
+display(Markdown(report.sweep_sentence(results)))
 table = seed_table(results)
 display(table.round(3))
 runs_table = results[
@@ -328,7 +323,6 @@ fig = plot_per_position(results)
 # of the chain, which depends on every input at once.
 
 # %%
-curves = load_curves(results_root)
 fig = plot_curves(
     {f"{cfg} seed {seed}": c for (cfg, seed), c in curves.items() if cfg.startswith("relu")},
     "book scale: ReLU n=10",
@@ -339,153 +333,30 @@ fig = plot_curves(
 # states); the exact match is generated. The two can disagree: compare orders by exact match.
 # Was each run still improving when its budget ran out? The last two exact-match checks say:
 
-# %%
-trend_rows = []
-for (cfg, seed), c in sorted(curves.items()):
-    em = c["exact_match"]
-    last, before = em[-1], (em[-2] if len(em) > 1 else em[-1])
-    trend_rows.append(
-        {
-            "config": cfg,
-            "seed": seed,
-            "step": last["step"],
-            "exact match": last["exact_match"],
-            "previous check (step)": before["step"],
-            "change since then": round(last["exact_match"] - before["exact_match"], 3),
-            "still rising": last["exact_match"] - before["exact_match"] > 0.01,
-        }
-    )
-trend = pd.DataFrame(trend_rows)
+# %% tags=["hide-input"]
+trend = report.curve_trends(curves)
 display(trend)
-rising = sorted(set(trend.loc[trend["still rising"], "config"]))
-display(
-    Markdown(
-        "Still rising at the end of the budget: "
-        + (", ".join(f"`{r}`" for r in rising) if rising else "none")
-        + ". A rising curve means the budget, not the model's capacity, set that number."
-    )
-)
-#
+display(Markdown(report.rising_sentence(trend)))
+
+# %% [markdown]
 # ## What the numbers say
+#
+# Each task in one line: both orders' mean exact match and range over seeds, and the verdict
+# (`qwen_anatomy.tasks.report`, which names its thresholds: a gap of at most 0.1 is "about equally
+# hard", a seed is won "clearly" by more than 0.05).
 
-
-# %%
-def clear_wins(results: pd.DataFrame, task: str, n: int, margin: float = 0.05) -> tuple[int, int]:
-    """Seeds where forward beats inverse by more than `margin` exact match, and seeds with both orders."""
-    runs = results[(results["task"] == task) & (results["n"] == n)]
-    pairs = runs.pivot_table(index="seed", columns="order", values="exact_match").dropna()
-    if not {"forward", "inverse"} <= set(pairs.columns):
-        return 0, 0
-    return int((pairs["forward"] - pairs["inverse"] > margin).sum()), len(pairs)
-
-
-def summarise(table: pd.DataFrame, results: pd.DataFrame) -> str:
-    lines = []
-    for (task, n), group in table.groupby(["task", "n"]):
-        by_order = group.set_index("order")
-        if {"forward", "inverse"} <= set(by_order.index):
-            f, i = by_order.loc["forward"], by_order.loc["inverse"]
-            gap = f["mean"] - i["mean"]
-            one_seed = min(f["seeds"], i["seeds"]) < 2
-            if max(f["mean"], i["mean"]) < 0.1:
-                verdict = "neither order is learned at this budget"
-            elif abs(gap) <= 0.1:
-                verdict = "the orders are about equally hard"
-            elif gap > 0:
-                wins, paired = clear_wins(results, task, n)
-                verdict = "the forward order is ahead" + (
-                    " (a single seed)"
-                    if one_seed
-                    else (
-                        " in every seed, by more than 0.05"
-                        if wins == paired
-                        else f" on average, but by more than 0.05 in only {wins} of {paired} seeds"
-                    )
-                )
-            else:
-                verdict = "the inverse order scores higher" + (" (a single seed)" if one_seed else "")
-            lines.append(
-                f"* **{task} n={n}**: forward {f['mean']:.3f} (seeds: {int(f['seeds'])}, range "
-                f"{f['min']:.3f}–{f['max']:.3f}), inverse {i['mean']:.3f} (seeds: {int(i['seeds'])}, range "
-                f"{i['min']:.3f}–{i['max']:.3f}): {verdict}."
-            )
-        else:
-            for order, row in by_order.iterrows():
-                lines.append(
-                    f"* **{task} n={n}** {order}: {row['mean']:.3f} over {int(row['seeds'])} seed(s); the other order has no run yet."
-                )
-    return "\n".join(lines)
-
-
-display(Markdown(summarise(table, results)))
-
-
-def equal_step_comparison(curves: dict) -> pd.DataFrame:
-    """Forward against inverse at the largest step both runs of a seed were checked at."""
-    rows = []
-    for (cfg, seed), c in curves.items():
-        if cfg.endswith("_inverse") or (cfg + "_inverse", seed) not in curves:
-            continue
-        fwd = {r["step"]: r["exact_match"] for r in c["exact_match"]}
-        inv = {r["step"]: r["exact_match"] for r in curves[(cfg + "_inverse", seed)]["exact_match"]}
-        common = sorted(set(fwd) & set(inv))
-        if common:
-            step = common[-1]
-            rows.append({"task": cfg, "seed": seed, "step": step, "forward": fwd[step], "inverse": inv[step]})
-    return pd.DataFrame(rows)
-
-
-same_steps = equal_step_comparison(curves)
+# %% tags=["remove-input"]
+display(Markdown(report.summarise(table, results)))
+same_steps = report.equal_step_comparison(curves)
 if not same_steps.empty:
     display(same_steps)
-    ahead = int((same_steps["forward"] > same_steps["inverse"]).sum())
-    display(
-        Markdown(
-            "At equal training steps (exact match on the test subset checked during training), the "
-            f"forward order is ahead in {ahead} of {len(same_steps)} task-and-seed pairs."
-        )
-    )
-
-relu_fwd = results[(results["task"] == "relu") & (results["order"] == "forward")]
-if not relu_fwd.empty:
-    reached = relu_fwd["exact_match"].min() >= 0.95
-    within = relu_fwd["train_seconds"].max() <= 15 * 60
-    # the first check during training at which each forward seed scored 0.95 (200-sample test subset)
-    first = []
-    for seed in relu_fwd["seed"]:
-        hits = [r for r in curves.get((relu_fwd["config"].iloc[0], seed), {}).get("exact_match", [])
-                if r["exact_match"] >= 0.95]  # fmt: skip
-        if hits:
-            first.append(hits[0])
-    display(
-        Markdown(
-            f"ReLU $n=10$ forward with the default model: exact match {relu_fwd['exact_match'].min():.3f} "
-            f"to {relu_fwd['exact_match'].max():.3f} over {len(relu_fwd)} seed(s) after "
-            f"{int(relu_fwd['steps'].max())} steps, which took at most "
-            f"{relu_fwd['train_seconds'].max() / 60:.1f} minutes of training. "
-            + (
-                "Every seed reaches the 0.95 target within 15 minutes."
-                if reached and within
-                else "Not every seed reaches the 0.95 target within 15 minutes on this machine."
-            )
-            + (
-                f" During training, the seeds first scored 0.95 or more at step "
-                f"{min(r['step'] for r in first)}–{max(r['step'] for r in first)}, after "
-                f"{min(r['seconds'] for r in first):.0f}–{max(r['seconds'] for r in first):.0f} s."
-                if len(first) == len(relu_fwd)
-                else ""
-            )
-        )
-    )
-seed_counts = table.groupby(["task", "n"])["seeds"].min()
-if (seed_counts < 3).any():
-    display(
-        Markdown(
-            "Seeds run so far: "
-            + ", ".join(f"{t} n={n}: {c}" for (t, n), c in seed_counts.items())
-            + ". Fewer than three seeds give no real spread; read those rows as single observations."
-        )
-    )
+display(Markdown(report.equal_step_sentence(same_steps)))
+target = report.target_sentence(results, curves)
+if target is not None:
+    display(Markdown(target))
+seed_note = report.seed_count_note(table)
+if seed_note is not None:
+    display(Markdown(seed_note))
 
 # %% [markdown]
 # ## The shipped checkpoints

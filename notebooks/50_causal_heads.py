@@ -34,16 +34,13 @@ step0_texts = 16  # evaluation texts for the step-0 measurements
 live_model = "causal-tiny-lm"  # small project backbone trained live in this chapter
 live_steps = 300
 live_batch = 16
+results_dir = "data/results/causal"  # the saved suites (relative to the repository root), read in every build
 suite_model = "smollm2-135m"  # backbone of the saved basic / comparison / ablation / initialization suites
 book_model = "smollm2-135m"  # backbone of the saved comprehensive suite
-run_suites_inline = False  # CI: run tiny suites here instead of reading saved results
-inline_steps = 2
 seed = 0
 
 # %%
 import math
-import tempfile
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -52,15 +49,29 @@ from IPython.display import Markdown, display
 from qwen_anatomy.causal import cauchy
 from qwen_anatomy.causal import experiments as causal_experiments
 from qwen_anatomy.causal import plots as causal_plots
+from qwen_anatomy.causal import report as causal_report
 from qwen_anatomy.causal.data import evaluation_sets, make_texts
 from qwen_anatomy.causal.model import BaselineQwen, CausalConfig, CausalQwen, phi
 from qwen_anatomy.causal.numtok import NumberTokenizer
 from qwen_anatomy.causal.train import evaluate, generate, step0_agreement, train
-from qwen_anatomy.loading import load_model
+from qwen_anatomy.loading import REPO_ROOT, load_model
 
 torch.set_num_threads(1)
 torch.manual_seed(seed)
 pd.set_option("display.precision", 3)
+
+# %% tags=["hide-input"]
+# The saved suites are read first, so that a missing or unreadable result stops the chapter here, with
+# the command that regenerates it, before any model is trained.
+results_root = REPO_ROOT / results_dir  # an absolute parameter stays as given
+saved = {
+    suite: causal_report.load_suite(suite, suite_model, results_root) for suite in causal_experiments.SUITES
+}
+book_runs = causal_report.load_runs("comprehensive", book_model, results_root)
+for run in [*saved.values(), *([book_runs[-1]] if book_model != suite_model else [])]:
+    print(
+        f"{run.results['suite']:>14s} on {run.results['config']['model']}: {run.path.relative_to(REPO_ROOT)}"
+    )
 
 # %% [markdown]
 # ## The Cauchy facts, checked
@@ -201,16 +212,8 @@ diff_probs = float(
 )
 display(
     Markdown(
-        f"On {len(plain_texts)} sentences without numbers ({int(real.sum())} positions) the largest difference "
-        f"between the step-0 locations and the base logits is {diff_logits:.1e}, and between the two next-token "
-        f"distributions {diff_probs:.1e} ("
-        + ("within" if diff_probs <= 1e-6 else "outside")
-        + " the 1e-6 the tests require). "
-        + (
-            "The extra `<NUM>` column is the mean-embedding row the base model does not have; the comparison is "
-            "over the base vocabulary."
-            if model.extra_rows is not None
-            else "`<NUM>` uses a row the base model already has, so the two distributions cover the same tokens."
+        causal_report.step0_sentence(
+            diff_logits, diff_probs, len(plain_texts), int(real.sum()), model.extra_rows is not None
         )
     )
 )
@@ -239,15 +242,7 @@ fig = causal_plots.threshold_effect(threshold_grid, sums, agree)
 display(
     pd.DataFrame({"threshold C": threshold_grid, "median sum P_k": sums, "OvR argmax = base argmax": agree})
 )
-best_c = threshold_grid[max(range(len(agree)), key=agree.__getitem__)]
-display(
-    Markdown(
-        f"Here the median class scale at step 0 is {median_scale_s:.0f}, so thresholds below it barely move the "
-        f"probabilities. The OvR argmax agrees with the base argmax most often at C = {best_c:g} "
-        f"({max(agree):.0%} of positions), and the median sum of probabilities falls from {sums[0]:.0f} "
-        f"(C = {threshold_grid[0]:g}) to {sums[-1]:.3g} (C = {threshold_grid[-1]:g})."
-    )
-)
+display(Markdown(causal_report.threshold_effect_sentence(threshold_grid, sums, agree, median_scale_s)))
 
 # %% [markdown]
 # The default threshold is checked against the comparison suite below, which trains with several
@@ -279,25 +274,25 @@ display(
 #
 # ## Training on a frozen backbone
 #
-# The chapter trains live on the small project backbone (`causal-tiny-lm`: a 2-layer Qwen2 with hidden size
-# 64, trained by `qwen-anatomy causal pretrain` on the same kinds of texts written in digits). The backbone's
+# The chapter trains live on the small project backbone (`causal-tiny-lm`: a small Qwen2, its size printed
+# below, trained by `qwen-anatomy causal pretrain` on the same kinds of texts written in digits). The backbone's
 # parameters are frozen; gradients still flow through its activations into the numeric direction $w$. The
 # loop is plain PyTorch rather than the Hugging Face Trainer: the loss needs the values and the gate beside
-# the ids, the health metrics come from the same forward pass, and the Trainer would add a 15-second import
+# the ids, the health metrics come from the same forward pass, and the Trainer would add a slow import
 # for AdamW, clipping and logging, which are five lines here.
 #
 # The baseline has the same backbone, numeric fusion, data and budget, with a softmax LM head (the same
 # untied copy) and a Normal regression head.
 #
 # **Two learning rates.** Adam moves every entry of a parameter by about the learning rate per step,
-# whatever its gradient. On SmolLM2 the copied head has 49,153 rows of 576 entries and the identity
-# abduction 576 × 576: at the rate that suits the new parameters ($10^{-2}$), a handful of steps rewrites the
-# base model's ranking of tokens, and the head must relearn it from scratch. `train(lr_pretrained=...)` gives
+# whatever its gradient. On SmolLM2 the copied head and the identity abduction are large matrices (their
+# sizes are printed below): at the rate that suits the new parameters ($10^{-2}$), a handful of steps
+# rewrites the base model's ranking of tokens, and the head must relearn it from scratch. `train(lr_pretrained=...)` gives
 # the matrices copied from the base model (identity abduction, LM-head copy; `pretrained_parameters()`) their
 # own, smaller rate. The `<NUM>` row is a new class, so it lives apart (`num_class_row`) and learns at the
 # full rate. The baseline's head copy gets the same treatment, so the comparison stays fair. On the small
-# backbone below the whole head trains at one rate; the saved SmolLM2 runs use $10^{-4}$ for the copied
-# matrices (each run record lists its rates).
+# backbone below the whole head trains at one rate; the saved runs' rates, read from their
+# configurations, are printed below.
 #
 # **Clipping per parameter.** Gradient norms are clipped at 1 for each parameter on its own, not for all
 # of them together. Under the OvR loss on a large vocabulary the scale of $U$ collapses towards 0 within
@@ -306,9 +301,16 @@ display(
 # $\epsilon$, and the regression head stops learning. The saved SmolLM2 history below keeps a run trained
 # with a global clip beside the per-parameter one. `train(clip="global")` keeps the old behaviour.
 
+# %% tags=["remove-input"]
+display(Markdown(causal_report.head_sizes_sentence(saved)))
+
 # %%
 live_base, live_tok = load_model(live_model)
 live_numtok = NumberTokenizer(live_tok)
+print(
+    f"{live_model}: {live_base.config.num_hidden_layers} layers, hidden size {live_base.config.hidden_size}, "
+    f"vocabulary {live_numtok.vocab_size}"
+)
 train_texts = make_texts("train", 2000, seed)
 live_eval = evaluation_sets(64)
 causal_live = CausalQwen.from_base(live_base, live_numtok.num_token_id, CausalConfig(seed=seed))
@@ -324,21 +326,10 @@ fig = causal_plots.training_curves(logs, f"{live_model}, {live_steps} steps")
 # the median abduction scale, and the median $\sum_k P_k$ (dotted line at 1; the baseline's softmax sums to 1
 # by construction).
 
+# %% tags=["remove-input"]
+display(Markdown(causal_report.live_training_sentence(logs["CausalQwen"], live_steps)))
+
 # %%
-final = logs["CausalQwen"][-1]
-first = logs["CausalQwen"][0]
-display(
-    Markdown(
-        f"After {live_steps} steps the median sum of OvR probabilities went from {first['median_sum_p']:.3g} to "
-        f"{final['median_sum_p']:.3g} ("
-        + (
-            "close to 1, as a calibrated one-vs-rest head should be"
-            if 0.5 < final["median_sum_p"] < 2
-            else "not yet near 1: more steps are needed"
-        )
-        + f"), and the median scale of U from {first['median_scale_u']:.3g} to {final['median_scale_u']:.3g}."
-    )
-)
 live_rows = []
 for name, m in (("CausalQwen", causal_live), ("baseline", baseline_live)):
     for set_name, texts in live_eval.items():
@@ -374,179 +365,75 @@ display(pd.DataFrame(rows))
 # Each suite is `qwen_anatomy.causal.experiments.run(config)`, saved with a run record under
 # `data/results/causal/<suite>/` by `qwen-anatomy causal suite --suite NAME --model M --steps N` (the exact
 # commands are in that folder's README). Every variant starts from the same frozen backbone and sees the same
-# batches for the same number of steps. At book scale every suite was run on SmolLM2-135M. A SmolLM2 training
-# step takes a few seconds on this project's two CPU cores, so the budgets are small: the comprehensive suite
-# trains each model longer than the others, which train more than twenty models between them, and the
-# comparison grid is smaller than the library default. Each table says how many steps its models had.
+# batches for the same number of steps. The chapter read the saved runs at its start (every build reads
+# the same files; a missing one stops the chapter with the command that regenerates it). Their budgets,
+# computed from the runs and their records:
+
+# %% tags=["remove-input"]
+display(Markdown(causal_report.budget_sentence(saved, earlier=book_runs)))
 
 # %%
-if run_suites_inline:
-    results_root = Path(tempfile.mkdtemp(prefix="causal-suites-"))
-    tiny = {
-        "steps": inline_steps,
-        "batch_size": 4,
-        "n_train": 32,
-        "n_eval": 8,
-        "eval_batch": 8,
-        "log_every": 1,
-    }
-    for suite in causal_experiments.SUITES:
-        causal_experiments.run_and_save({"suite": suite, "model": suite_model, **tiny}, root=results_root)
-    if book_model != suite_model:
-        causal_experiments.run_and_save(
-            {"suite": "comprehensive", "model": book_model, **tiny}, root=results_root
-        )
-else:
-    results_root = causal_experiments.RESULTS_ROOT
-
-
-def load_suite(suite, model):
-    runs = causal_experiments.all_results(suite, model, results_root)
-    found = runs[-1] if runs else None
-    if found is None:
-        display(
-            Markdown(
-                f"No saved `{suite}` results for `{model}` under `{results_root}`: run "
-                f"`qwen-anatomy causal suite --suite {suite} --model {model}`."
-            )
-        )
-        return None
-    results, path = found
-    cfg = results["config"]
-    display(
-        Markdown(
-            f"`{suite}` on `{model}`: {cfg['steps']} steps of batch {cfg['batch_size']} at learning rate "
-            f"{cfg['lr']:g} ({cfg.get('lr_pretrained') or cfg['lr']:g} for the copied head matrices), "
-            f"{cfg['n_eval']} texts per evaluation set, from `{path.name}`."
-        )
+comprehensive_book = book_runs[-1]
+display(Markdown(causal_report.suite_description(comprehensive_book)))
+table = (
+    causal_experiments.metrics_table(
+        comprehensive_book.results,
+        (
+            "num_f1",
+            "num_precision",
+            "num_recall",
+            "mae",
+            "rmse",
+            "coverage95",
+            "accuracy",
+            "compat_accuracy",
+            "ece",
+        ),
     )
-    return results
-
-
-def winner_sentences(results):
-    """One line per evaluation set, from experiments.winners (computed from the saved numbers)."""
-    labels = {"num_f1": "<NUM> F1", "mae": "MAE", "coverage95": "95% coverage"}
-    lines = {}
-    for row in causal_experiments.winners(results):
-        if row["winner"] == "undefined":
-            text = (
-                f"{labels[row['metric']]}: undefined for at least one model (no number predicted correctly)"
-            )
-        else:
-            text = (
-                f"{labels[row['metric']]} {row['CausalQwen']:.3g} vs {row['baseline']:.3g} ({row['winner']})"
-            )
-        lines.setdefault(row["set"], []).append(text)
-    return "\n".join(f"- **{s}**: " + "; ".join(parts) for s, parts in lines.items())
-
-
-# %%
-comprehensive_book = load_suite("comprehensive", book_model)
-if comprehensive_book is not None:
-    table = (
-        causal_experiments.metrics_table(
-            comprehensive_book,
-            (
-                "num_f1",
-                "num_precision",
-                "num_recall",
-                "mae",
-                "rmse",
-                "coverage95",
-                "accuracy",
-                "compat_accuracy",
-                "ece",
-            ),
-        )
-        .set_index(["set", "variant"])
-        .sort_index()
+    .set_index(["set", "variant"])
+    .sort_index()
+)
+display(table)
+display(
+    Markdown(
+        "CausalQwen against the baseline (coverage judged by its distance from 95%):\n\n"
+        + causal_report.winner_sentences(comprehensive_book.results)
     )
-    display(table)
-    display(
-        Markdown(
-            "CausalQwen against the baseline (coverage judged by its distance from 95%):\n\n"
-            + winner_sentences(comprehensive_book)
-        )
+)
+display(Markdown(causal_report.settled_sentence(comprehensive_book.results)))
+for metric in ("num_f1", "mae", "coverage95"):
+    causal_plots.metric_bars(
+        comprehensive_book.results,
+        metric,
+        log_scale=metric == "mae",
+        title=f"comprehensive suite, {book_model}",
     )
-    causal_row = [v for v in comprehensive_book["variants"] if v["kind"] == "causal"][0]
-    first_row, last_row = causal_row["log"][0], causal_row["log"][-1]
-    settled = 0.5 < last_row["median_sum_p"] < 2
-    display(
-        Markdown(
-            f"After {comprehensive_book['config']['steps']} steps the CausalQwen head's median sum of OvR "
-            f"probabilities is {last_row['median_sum_p']:.3g} (it started at {first_row['median_sum_p']:.3g}), "
-            f"and its batch token accuracy {last_row['token_accuracy']:.2f}. "
-            + (
-                "The head has reached the regime where the probabilities sum to about 1."
-                if settled
-                else "The head has not reached the regime where the probabilities sum to about 1: this "
-                "comparison measures an unfinished CausalQwen against a baseline whose softmax needs no such "
-                "reshaping, at a budget set by the CPU. The comparison suite below reports whether the sums "
-                "reach 1 from other thresholds."
-            )
-        )
-    )
-    for metric in ("num_f1", "mae", "coverage95"):
-        causal_plots.metric_bars(
-            comprehensive_book, metric, log_scale=metric == "mae", title=f"comprehensive suite, {book_model}"
-        )
 
 # %% [markdown]
 # Every saved run of this suite on the book model, oldest first (the tables above show the newest):
 
-# %%
-history = []
-for res, path in causal_experiments.all_results("comprehensive", book_model, results_root):
-    for v in res["variants"]:
-        history.append(
-            {
-                "run": path.name,
-                "steps": res["config"]["steps"],
-                "lr": res["config"]["lr"],
-                "lr_pretrained": res["config"].get("lr_pretrained") or res["config"]["lr"],
-                "clip": res["config"].get("clip", "global"),
-                "model": v["name"],
-                "mean <NUM> F1": sum(m["num_f1"] for m in v["metrics"].values()) / len(v["metrics"]),
-                "mean accuracy": sum(m["accuracy"] for m in v["metrics"].values()) / len(v["metrics"]),
-                "final median sum P_k": v["log"][-1]["median_sum_p"],
-                "MAE (basic set)": v["metrics"].get("basic", {}).get("mae", float("nan")),
-                "MAE (qa set)": v["metrics"].get("qa", {}).get("mae", float("nan")),
-                "train seconds": v["train_seconds"],
-            }
-        )
-history = pd.DataFrame(history)
+# %% tags=["hide-input"]
+history = causal_report.history_table(book_runs)
 display(history)
-if not history.empty:
-    last_by_clip = {c: g.iloc[-1] for c, g in history[history["model"] == "CausalQwen"].groupby("clip")}
-    if {"global", "per_parameter"} <= set(last_by_clip):
-        g_run, p_run = last_by_clip["global"], last_by_clip["per_parameter"]
-        display(
-            Markdown(
-                f"CausalQwen's mean absolute error on the basic and QA sets: {g_run['MAE (basic set)']:.3g} and "
-                f"{g_run['MAE (qa set)']:.3g} with a global clip ({g_run['steps']} steps), "
-                f"{p_run['MAE (basic set)']:.3g} and {p_run['MAE (qa set)']:.3g} clipped per parameter "
-                f"({p_run['steps']} steps). (The batch regression losses in the training logs are too noisy "
-                "to compare: each batch holds a handful of numbers.)"
-            )
-        )
+clip_text = causal_report.clip_sentence(history)
+if clip_text is not None:
+    display(Markdown(clip_text))
 
 # %%
-basic = load_suite("basic", suite_model)
-if basic is not None:
-    display(causal_experiments.metrics_table(basic).set_index(["set", "variant"]).sort_index())
-    display(Markdown(winner_sentences(basic)))
-if suite_model == book_model:
-    comprehensive_suite_model = comprehensive_book  # shown in full above
-else:
-    comprehensive_suite_model = load_suite("comprehensive", suite_model)
-    if comprehensive_suite_model is not None:
-        display(
-            causal_experiments.metrics_table(comprehensive_suite_model)
-            .set_index(["set", "variant"])
-            .sort_index()
-        )
-        display(Markdown(winner_sentences(comprehensive_suite_model)))
-reference = comprehensive_suite_model or basic
+basic = saved["basic"]
+display(Markdown(causal_report.suite_description(basic)))
+display(causal_experiments.metrics_table(basic.results).set_index(["set", "variant"]).sort_index())
+display(Markdown(causal_report.winner_sentences(basic.results)))
+if suite_model != book_model:  # otherwise shown in full above
+    comprehensive_suite = saved["comprehensive"]
+    display(Markdown(causal_report.suite_description(comprehensive_suite)))
+    display(
+        causal_experiments.metrics_table(comprehensive_suite.results)
+        .set_index(["set", "variant"])
+        .sort_index()
+    )
+    display(Markdown(causal_report.winner_sentences(comprehensive_suite.results)))
+reference = saved["comprehensive"].results
 
 # %% [markdown]
 # In the three suites below the dashed line marks the baseline of the same backbone (from its
@@ -554,69 +441,21 @@ reference = comprehensive_suite_model or basic
 
 
 # %%
-def suite_report(suite):
-    res = load_suite(suite, suite_model)
-    if res is None:
-        return
-    table = causal_experiments.metrics_table(res, ("num_f1", "mae", "coverage95", "accuracy", "ece"))
-    display(
-        table.pivot_table(index="variant", columns="set", values=["num_f1", "mae", "coverage95"], sort=False)
-    )
-    causal_plots.metric_bars(res, "num_f1", baseline=reference, title=f"{suite} suite, {suite_model}")
+comparison = saved["comparison"]
+display(Markdown(causal_report.suite_description(comparison)))
+table, text = causal_report.suite_summary(comparison.results, reference)
+display(causal_report.variant_pivot(table))
+for metric in ("num_f1", "mae"):
     causal_plots.metric_bars(
-        res, "mae", baseline=reference, log_scale=True, title=f"{suite} suite, {suite_model}"
+        comparison.results,
+        metric,
+        baseline=reference,
+        log_scale=metric == "mae",
+        title=f"comparison suite, {suite_model}",
     )
-    mean_f1 = table.groupby("variant", sort=False)["num_f1"].mean()
-    mae_set = "qa" if "qa" in set(table["set"]) else table["set"].iloc[0]
-    # MAE on the question/answer set, where the answer can be copied from the context (the extreme set's
-    # errors, in the thousands, would swamp a mean over sets)
-    qa_mae = table[table["set"] == mae_set].set_index("variant")["mae"].dropna()
-    text = (
-        f"Best mean <NUM> F1 over the sets: **{mean_f1.idxmax()}** ({mean_f1.max():.3f}; worst "
-        f"{mean_f1.idxmin()}, {mean_f1.min():.3f}). "
-    )
-    if len(qa_mae):
-        text += f"Lowest MAE on the {mae_set} set: **{qa_mae.idxmin()}** ({qa_mae.min():.3g})."
-    else:
-        text += "No variant predicted a number correctly, so MAE is undefined for all of them."
-    if reference is not None:
-        ref_rows = [v for v in reference["variants"] if v["kind"] == "baseline"][0]["metrics"]
-        ref_f1 = sum(ref_rows[s]["num_f1"] for s in table["set"].unique()) / table["set"].nunique()
-        beat = [name for name, f1 in mean_f1.items() if f1 > ref_f1]
-        text += f" The baseline's mean F1 on the same sets is {ref_f1:.3f}; " + (
-            f"{len(beat)} of {len(mean_f1)} variants beat it." if beat else "no variant beats it."
-        )
-    display(Markdown(text))
-    return res, table
-
-
-comparison = suite_report("comparison")
-if comparison is not None:
-    res, table = comparison
-    thr = table[table["variant"].str.startswith("threshold=")]
-    thr_f1 = thr.groupby("variant", sort=False)["num_f1"].mean()
-    final_sum = {
-        v["name"]: v["log"][-1]["median_sum_p"] for v in res["variants"] if v["name"].startswith("thr")
-    }
-    start_sum = {
-        v["name"]: v["log"][0]["median_sum_p"] for v in res["variants"] if v["name"].startswith("thr")
-    }
-    default_name = f"threshold={CausalConfig().threshold:g}"
-    near_one = [n for n, x in final_sum.items() if 0.5 < x < 2]
-    display(pd.DataFrame({"median sum P_k at step 0": start_sum, "after training": final_sum}))
-    display(
-        Markdown(
-            f"The library default is {default_name}; among the thresholds tried, **{thr_f1.idxmax()}** gives the "
-            f"best mean <NUM> F1 ({thr_f1.max():.3f})"
-            + (
-                ", which is the default."
-                if thr_f1.idxmax() == default_name
-                else f" (the default: {thr_f1.get(default_name, float('nan')):.3f})."
-            )
-            + f" After training, {len(near_one)} of {len(final_sum)} threshold runs have a median sum of OvR "
-            "probabilities between 0.5 and 2."
-        )
-    )
+display(Markdown(text))
+display(causal_report.threshold_sums(comparison.results))
+display(Markdown(causal_report.threshold_sentence(comparison.results, CausalConfig().threshold)))
 
 # %% [markdown]
 # The ablation suite crosses the classifier (OvR binary cross-entropy or softmax cross-entropy on
@@ -624,14 +463,38 @@ if comparison is not None:
 # read by the forward pass or the loss; the tests fail if one is a no-op.
 
 # %%
-_ = suite_report("ablation")
+ablation = saved["ablation"]
+display(Markdown(causal_report.suite_description(ablation)))
+table, text = causal_report.suite_summary(ablation.results, reference)
+display(causal_report.variant_pivot(table))
+for metric in ("num_f1", "mae"):
+    causal_plots.metric_bars(
+        ablation.results,
+        metric,
+        baseline=reference,
+        log_scale=metric == "mae",
+        title=f"ablation suite, {suite_model}",
+    )
+display(Markdown(text))
 
 # %% [markdown]
 # The initialization suite varies the prior scale $\gamma_0$ and replaces the identity abduction by a random
 # (Xavier) one, which loses the step-0 equivalence with the base model.
 
 # %%
-_ = suite_report("initialization")
+initialization = saved["initialization"]
+display(Markdown(causal_report.suite_description(initialization)))
+table, text = causal_report.suite_summary(initialization.results, reference)
+display(causal_report.variant_pivot(table))
+for metric in ("num_f1", "mae"):
+    causal_plots.metric_bars(
+        initialization.results,
+        metric,
+        baseline=reference,
+        log_scale=metric == "mae",
+        title=f"initialization suite, {suite_model}",
+    )
+display(Markdown(text))
 
 # %% [markdown]
 # ## What the numbers say, and what they do not
@@ -643,5 +506,5 @@ _ = suite_report("initialization")
 # (values up to 1e5 against training values below 100), so its absolute errors are not comparable with the
 # other sets. The published reference points of the
 # original project (RMSE 42.1 on basic, 48.1 on QA) come from an easier pooled variant and are not
-# comparable one to one. The budgets here are small, set by a shared two-core machine: the saved run records
+# comparable one to one. The budgets here are small, set by a shared CPU machine: the saved run records
 # say exactly how many steps each model had.

@@ -49,6 +49,7 @@ from qwen_anatomy.experiments import (
     paired_differences,
     plot_aggregate,
     plot_paired,
+    ratio_verdict,
     resolve_notebook,
     results_table,
     run_experiments,
@@ -301,13 +302,7 @@ ax.legend(fontsize=8)
 paired = paired_differences(runs, "ngram_order", "ngram_ppl", "seed", confidence, log=True)
 display(paired)
 row = {k: paired[k].iloc[0] for k in paired.columns}
-verdict = (
-    "the higher order is reliably better: the whole interval lies below 1"
-    if row["high"] < 1
-    else "the higher order is reliably worse: the whole interval lies above 1"
-    if row["low"] > 1
-    else "the interval contains 1: with these seeds the data cannot tell the two orders apart"
-)
+verdict = ratio_verdict(row["low"], row["high"])  # perplexity: lower is better
 unpaired_factor = float((ngram_agg["high"] / ngram_agg["mean"]).max())
 paired_factor = float(row["high"] / row["mean"])
 display(

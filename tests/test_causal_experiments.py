@@ -88,8 +88,10 @@ def test_suite_never_overwrites(tmp_path):
     results_dir = experiments.run_and_save(
         {"suite": "basic", **TINY, "steps": 1}, root=tmp_path, log=lambda s: None
     )
+    from qwen_anatomy.iochecks import check_output_dir
+
     with pytest.raises(UserInputError, match="already exists"):
-        experiments.refuse_overwrite(results_dir)
+        check_output_dir(results_dir)
 
 
 def test_inference_modes_and_generation():

@@ -43,3 +43,29 @@ def test_chapter2_teaching_attention_equals_library():
         torch.testing.assert_close(
             ns["attention_teaching"](attn, x, cos, sin), attn(x, cos, sin, None, None), atol=1e-5, rtol=1e-5
         )
+
+
+def test_chapter2_teaching_rotated_score_equals_transformers_rope():
+    """The teaching RoPE score equals q·k rotated by transformers' own tables and apply_rotary_pos_emb,
+    and depends only on m - n (the property the chapter shows)."""
+    import transformers
+    from transformers.models.qwen2 import modeling_qwen2
+
+    from qwen_anatomy.config import QWEN2_5_0_5B
+
+    ns = teaching_namespace("02_qwen2_from_scratch")
+    g = torch.Generator().manual_seed(2)
+    d = QWEN2_5_0_5B.head_dim
+    q, k = torch.randn(1, 1, 1, d, generator=g), torch.randn(1, 1, 1, d, generator=g)
+    inv = qm.rope_inv_freq(d, QWEN2_5_0_5B.rope_theta)
+    ref_rope = modeling_qwen2.Qwen2RotaryEmbedding(transformers.Qwen2Config(**QWEN2_5_0_5B.to_hf_dict()))
+    for m, n in [(5, 2), (105, 102), (7, 30)]:
+        cos_m, sin_m = ref_rope(torch.zeros(1), torch.tensor([[m]]))
+        cos_n, sin_n = ref_rope(torch.zeros(1), torch.tensor([[n]]))
+        q_ref, _ = modeling_qwen2.apply_rotary_pos_emb(q, q, cos_m, sin_m)
+        k_ref, _ = modeling_qwen2.apply_rotary_pos_emb(k, k, cos_n, sin_n)
+        expected = float((q_ref * k_ref).sum())
+        assert abs(ns["rotated_score"](q, k, m, n, inv) - expected) <= 1e-4 * max(1.0, abs(expected))
+    same_offset = [ns["rotated_score"](q, k, m, m - 3, inv) for m in (3, 50, 900)]
+    assert max(same_offset) - min(same_offset) < 1e-3
+    assert abs(ns["rotated_score"](q, k, 5, 4, inv) - same_offset[0]) > 1e-3  # another offset differs

@@ -93,6 +93,35 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def seed(text: str) -> int:
+    """argparse type: a random seed every consumer accepts (torch, numpy, scikit-learn): 0..2**32-1."""
+    from .validate import SEED_MAX
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; a seed is an integer in 0..{SEED_MAX}")
+    return value
+
+
+def temperature(text: str) -> float:
+    """argparse type: 0 (greedy) or a sampling temperature in validate.TEMPERATURE_RANGE."""
+    from .validate import TEMPERATURE_RANGE
+
+    low, high = TEMPERATURE_RANGE
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value == 0 or low <= value <= high):
+        raise argparse.ArgumentTypeError(
+            f"{text} is out of range; give 0 (greedy) or a temperature in [{low:g}, {high:g}]"
+        )
+    return value
+
+
 def probability(text: str) -> float:
     try:
         value = float(text)

@@ -6,12 +6,12 @@ architecture without q/k/v biases, so they map onto this class with ``attention_
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import UserInputError
+from .validate import ConfigError, config_float, config_int, read_config_json
+from .validate import check_config_fields as _check_fields
 
 # Architectures whose tensors and maths this implementation reproduces exactly.
 SUPPORTED_ARCHITECTURES = {
@@ -19,10 +19,6 @@ SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "llama",
 }
-
-
-class ConfigError(UserInputError):
-    """A config.json this project cannot turn into a Qwen2Config (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -62,9 +58,10 @@ class Qwen2Config:
             "num_key_value_heads",
             "head_dim",
         ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"config field {name}={value!r} must be a positive integer")
+            config_int(getattr(self, name), name, "config")  # positive, below validate.INT_LIMITS
+        config_int(self.max_position_embeddings, "max_position_embeddings", "config")
+        config_float(self.rope_theta, "rope_theta", "config")
+        config_float(self.rms_norm_eps, "rms_norm_eps", "config")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "
@@ -95,61 +92,72 @@ class Qwen2Config:
         return asdict(self)
 
     @classmethod
-    def from_hf_dict(cls, hf: dict[str, Any]) -> Qwen2Config:
+    def from_hf_dict(cls, hf: dict[str, Any], where: str = "config.json") -> Qwen2Config:
         """Build from the parsed contents of a Hugging Face ``config.json``.
 
         Rope theta is read from ``rope_parameters["rope_theta"]`` (transformers 5) or a top-level
-        ``rope_theta`` (older files). Scaled rope variants are refused: they change the maths.
+        ``rope_theta`` (older files). Scaled rope variants are refused: they change the maths. Types
+        and ranges are checked by :func:`qwen_anatomy.validate.check_config_fields`; ``where`` (the
+        file) starts every error message.
         """
+        if not isinstance(hf, dict):
+            raise ConfigError(f"{where} must hold a JSON object of configuration fields")
+        _check_fields(hf, where)
         archs = hf.get("architectures") or []
         model_type = hf.get("model_type", "qwen2")
         if archs and not any(a in SUPPORTED_ARCHITECTURES for a in archs):
             raise ConfigError(
-                f"architecture {archs} is not supported; supported: {sorted(SUPPORTED_ARCHITECTURES)}"
+                f"{where}: architecture {archs} is not supported; supported: "
+                f"{sorted(SUPPORTED_ARCHITECTURES)}"
             )
         if not archs and model_type not in ("qwen2", "llama", "mistral"):
-            raise ConfigError(f"model_type {model_type!r} is not a Qwen2/Llama-family model")
+            raise ConfigError(f"{where}: model_type {model_type!r} is not a Qwen2/Llama-family model")
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
         theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in (None, "default"):
-            raise ConfigError(f"rope type {rope_type!r} is not implemented (only 'default')")
-        if model_type == "qwen2":
-            bias = bool(hf.get("attention_bias", True))
-        else:
-            bias = bool(hf.get("attention_bias", False))
+            raise ConfigError(f"{where}: rope type {rope_type!r} is not implemented (only 'default')")
+        bias = hf.get("attention_bias", model_type == "qwen2")
         if hf.get("mlp_bias"):
-            raise ConfigError("mlp_bias=True is not part of the Qwen2/Llama design implemented here")
+            raise ConfigError(
+                f"{where}: mlp_bias=true is not part of the Qwen2/Llama design implemented here"
+            )
+        missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                               "num_attention_heads") if k not in hf]  # fmt: skip
+        if missing:
+            raise ConfigError(f"{where} lacks the required field {missing[0]!r}")
+        heads = config_int(hf["num_attention_heads"], "num_attention_heads", where)
+        head_dim = hf.get("head_dim")
         try:
             return cls(
-                vocab_size=int(hf["vocab_size"]),
-                hidden_size=int(hf["hidden_size"]),
-                intermediate_size=int(hf["intermediate_size"]),
-                num_hidden_layers=int(hf["num_hidden_layers"]),
-                num_attention_heads=int(hf["num_attention_heads"]),
-                num_key_value_heads=int(hf.get("num_key_value_heads") or hf["num_attention_heads"]),
-                head_dim=hf.get("head_dim"),
-                rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-                rope_theta=float(theta),
-                max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
-                tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+                vocab_size=config_int(hf["vocab_size"], "vocab_size", where),
+                hidden_size=config_int(hf["hidden_size"], "hidden_size", where),
+                intermediate_size=config_int(hf["intermediate_size"], "intermediate_size", where),
+                num_hidden_layers=config_int(hf["num_hidden_layers"], "num_hidden_layers", where),
+                num_attention_heads=heads,
+                num_key_value_heads=config_int(
+                    hf.get("num_key_value_heads") or heads, "num_key_value_heads", where
+                ),
+                head_dim=None if head_dim is None else config_int(head_dim, "head_dim", where),
+                rms_norm_eps=config_float(hf.get("rms_norm_eps", 1e-6), "rms_norm_eps", where),
+                rope_theta=config_float(theta, "rope_theta", where),
+                max_position_embeddings=config_int(
+                    hf.get("max_position_embeddings", 32768), "max_position_embeddings", where
+                ),
+                tie_word_embeddings=hf.get("tie_word_embeddings", False),
                 attention_bias=bias,
                 model_type=model_type,
                 bos_token_id=hf.get("bos_token_id"),
                 eos_token_id=hf.get("eos_token_id"),
                 pad_token_id=hf.get("pad_token_id"),
             )
-        except KeyError as missing:
-            raise ConfigError(f"config.json lacks the required field {missing}") from None
+        except ConfigError as err:  # a combination of fields (heads, head_dim) that does not fit
+            raise ConfigError(f"{where}: {err}") from None
 
     @classmethod
     def from_json(cls, path: str | Path) -> Qwen2Config:
-        path = Path(path)
-        try:
-            hf = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} is not valid JSON ({err})") from None
-        return cls.from_hf_dict(hf)
+        """From a ``config.json`` file (read and checked by :func:`qwen_anatomy.validate.read_config_json`)."""
+        return cls.from_hf_dict(read_config_json(path), where=str(path))
 
     def to_hf_dict(self) -> dict[str, Any]:
         """A ``config.json`` transformers reads back into the matching class."""

@@ -93,6 +93,8 @@ def resolve_notebook(spec: str | os.PathLike) -> Path:
     in ``notebooks/`` (``01_language_models``, ``01_language_models.py``, or a unique prefix ``01``)."""
     text = str(spec)
     path = Path(text).expanduser()
+    if path.is_dir():
+        raise _user_error(f"notebook {text!r} is a directory: give a .py (jupytext) or .ipynb notebook")
     if path.is_file():
         if path.suffix not in (".py", ".ipynb"):
             raise _user_error(f"notebook {text!r} is neither a jupytext .py nor an .ipynb file")
@@ -245,18 +247,23 @@ def _coerce_file_value(value: Any, default: Any) -> Any:
     return value
 
 
-def _load_yaml_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
+def _load_yaml_mapping(path: str | os.PathLike, what: str, allow_empty: bool = True) -> dict[str, Any]:
     import yaml
 
+    from .iochecks import read_text
+
     path = Path(path)
-    if not path.is_file():
-        raise _user_error(f"{what} file {path} does not exist")
+    text = read_text(path, f"{what} file", "give a YAML mapping of parameter name -> value")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0] if str(err) else "invalid YAML"
         raise _user_error(f"{what} file {path} is not valid YAML: {first}") from None
     if data is None:
+        if not allow_empty:
+            raise _user_error(
+                f"{what} file {path} is empty: give a mapping of parameter name -> list of values"
+            )
         return {}
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise _user_error(f"{what} file {path} must be a mapping of parameter name -> value")
@@ -303,7 +310,7 @@ def plan_runs(
 
     axes: dict[str, list[Any]] = {}
     if grid is not None:
-        grid_map = grid if isinstance(grid, dict) else _load_yaml_mapping(grid, "grid")
+        grid_map = grid if isinstance(grid, dict) else _load_yaml_mapping(grid, "grid", allow_empty=False)
         for name, values in grid_map.items():
             if name in fixed:
                 raise _user_error(f"parameter {name!r} is given both as a fixed value and in the grid")
@@ -532,6 +539,9 @@ def run_experiments(
         raise _user_error(f"jobs={jobs} must be a positive integer")
     path, runs = plan_runs(notebook, parameters, cli_parameters, params_file, grid, shard)
     defaults = notebook_parameters(path)
+    from .iochecks import check_output_root
+
+    check_output_root(Path(out).expanduser(), "--out")  # writable, not a file: before any run starts
     out = Path(out).expanduser().resolve()
     stem = path.stem
     if not runs:
@@ -703,6 +713,11 @@ def iter_runs(out: str | os.PathLike | list = "results", notebook: str | None = 
     roots = out if isinstance(out, list | tuple) else [out]
     for root in roots:
         root = Path(root).expanduser()
+        if root.exists() and not root.is_dir():
+            raise _user_error(
+                f"results directory {root} is a file, not a directory: point --out at the folder "
+                "holding the runs (results/ by default)"
+            )
         if not root.is_dir():
             raise _user_error(
                 f"results directory {root} does not exist; run `qwen-anatomy run ...` first "
@@ -712,7 +727,14 @@ def iter_runs(out: str | os.PathLike | list = "results", notebook: str | None = 
         if notebook is not None:
             stem = Path(str(notebook)).name.removesuffix(".py").removesuffix(".ipynb")
         for run_file in sorted(root.glob(f"{stem or '*'}/*/{RUN_FILE}")):
-            yield run_file.parent, _read_json(run_file)
+            yield run_file.parent, _read_record(run_file)
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """A run.json for the results table; a damaged one is named (one line), never read as empty."""
+    from .iochecks import read_run_record
+
+    return read_run_record(path)
 
 
 def load_results(
@@ -910,6 +932,23 @@ def paired_differences(
             }
         )
     return pd.DataFrame(rows)
+
+
+def ratio_verdict(low: float, high: float, lower_is_better: bool = True) -> str:
+    """What a paired interval of a ratio (``paired_differences(..., log=True)``) says: the second
+    level is reliably better or worse only when the whole interval lies on one side of 1 (an interval
+    touching 1 cannot tell them apart); NaN bounds (a single pair of seeds) give no interval.
+    Chapter 90_experiments."""
+    import math
+
+    if any(x is None or (isinstance(x, float) and math.isnan(x)) for x in (low, high)):
+        return "there is no interval (fewer than two paired seeds), so the data cannot tell the two apart"
+    better, worse = ("better", "worse") if lower_is_better else ("worse", "better")
+    if high < 1:
+        return f"the higher order is reliably {better}: the whole interval lies below 1"
+    if low > 1:
+        return f"the higher order is reliably {worse}: the whole interval lies above 1"
+    return "the interval contains 1: with these seeds the data cannot tell the two orders apart"
 
 
 def plot_aggregate(

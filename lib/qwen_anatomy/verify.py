@@ -3,6 +3,10 @@
 :func:`layer_divergence` compares the embedding output, every decoder layer's output, the final norm
 and the logits, and names the first one that disagrees; :func:`verify_checkpoint` adds greedy
 generation on several prompts. Both run in float32 with transformers' eager attention.
+
+A checkpoint without ``tokenizer.json`` is compared on seeded random token ids instead of text
+(:data:`RANDOM_INPUTS`; the report's ``inputs`` says so): parity of the two implementations does not
+depend on what the ids mean.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ DEFAULT_PROMPTS = [
     "The three primary colors are",
 ]
 
+# Inputs when the checkpoint has no tokenizer: as many sequences as there are default prompts.
+RANDOM_INPUTS = {"sequences": len(DEFAULT_PROMPTS), "length": 16, "seed": 0}
+
 # A stage "disagrees" when its largest absolute difference exceeds ATOL + RTOL * rms(reference):
 # float32 rounding grows with the activations' scale, so a purely absolute threshold would flag deep
 # layers for rounding alone. The scale is the root mean square, not the largest value: residual
@@ -32,12 +39,16 @@ ATOL = 1e-6  # a floor for stages whose values are all near zero
 RTOL = 1e-3
 
 
-def load_transformers_model(path: str | Path):
-    """transformers' class for the checkpoint (from config.json's architectures), fp32, eager."""
+def load_transformers_model(path: str | Path, use_safetensors: bool = True):
+    """transformers' class for the checkpoint (from config.json's architectures), fp32, eager.
+
+    ``use_safetensors=False`` only for a directory of pickles the user allowed (transformers reads
+    them with ``weights_only=True``).
+    """
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=torch.float32, attn_implementation="eager"
+        str(path), dtype=torch.float32, attn_implementation="eager", use_safetensors=use_safetensors
     ).eval()
 
 
@@ -109,23 +120,54 @@ def first_divergent(rows: list[dict]) -> str | None:
 
 
 def verify_checkpoint(
-    spec: str | Path, prompts: Sequence[str] | None = None, max_new_tokens: int = 20
+    spec: str | Path,
+    prompts: Sequence[str] | None = None,
+    max_new_tokens: int = 20,
+    weights_only_pickle: bool = False,
 ) -> dict:
-    """Logit and greedy-token agreement between our model and transformers on the same inputs."""
-    from .generation import generate
-    from .loading import load_model, resolve_model
+    """Logit and greedy-token agreement between our model and transformers on the same inputs.
 
-    prompts = list(prompts or DEFAULT_PROMPTS)
+    Without ``tokenizer.json`` the inputs are :data:`RANDOM_INPUTS` (``prompts`` must then be None).
+    Config, tokenizer, prompt lengths and weights are checked before transformers is imported.
+    """
+    from .errors import UserInputError
+    from .generation import generate
+    from .loading import load_config, load_model, resolve_model
+    from .validate import check_prompt_fits, open_tokenizer
+
     path = resolve_model(spec)
-    ours, tok = load_model(path)
-    if tok is None:
-        raise ValueError(f"{path} has no tokenizer.json; verify needs one to encode prompts")
-    hf_model = load_transformers_model(path)
+    config = load_config(path)
+    tok = open_tokenizer(path)
+    if tok is None and prompts is not None:
+        raise UserInputError(
+            f"--prompts needs a tokenizer, but {path} has no tokenizer.json: drop --prompts to compare "
+            "on seeded random token ids"
+        )
+    if tok is not None:
+        texts = list(prompts or DEFAULT_PROMPTS)
+        inputs = [tok.encode(t, add_special_tokens=True) for t in texts]
+        eos = tok.eos_token_id
+        input_kind = "text"
+    else:
+        r = RANDOM_INPUTS
+        g = torch.Generator().manual_seed(r["seed"])
+        length = min(r["length"], max(1, config.max_position_embeddings - max_new_tokens))
+        inputs = torch.randint(0, config.vocab_size, (r["sequences"], length), generator=g).tolist()
+        texts = None
+        eos = list(config.eos_token_ids) or None
+        input_kind = (
+            f"random token ids (no tokenizer.json): {r['sequences']} sequences of {length} ids in "
+            f"0..{config.vocab_size - 1}, seed {r['seed']}"
+        )
+    for i, ids in enumerate(inputs):
+        what = f"prompt {i + 1} ({texts[i][:30]!r})" if texts else f"random sequence {i + 1}"
+        check_prompt_fits(ids, config, max_new_tokens, what)
+    ours, _ = load_model(path, with_tokenizer=False, weights_only_pickle=weights_only_pickle)
+    hf_model = load_transformers_model(path, use_safetensors=not (weights_only_pickle and _pickle_only(path)))
     per_prompt, all_rows = [], []
     greedy_equal = True
-    eos = tok.eos_token_id
-    for text in prompts:
-        ids = tok.encode(text, add_special_tokens=True)
+    pad = eos if isinstance(eos, int) else (eos[0] if eos else 0)
+    for i, ids in enumerate(inputs):
         input_ids = torch.tensor([ids])
         rows = layer_divergence(ours, hf_model, input_ids)
         all_rows.append(rows)
@@ -137,20 +179,21 @@ def verify_checkpoint(
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 eos_token_id=eos,
-                pad_token_id=eos,
+                pad_token_id=pad,
             )
         hf_new = hf_out[0, len(ids) :].tolist()
         equal = ours_new == hf_new
         greedy_equal &= equal
-        per_prompt.append(
+        entry = {"prompt": texts[i]} if texts else {"input_ids": ids}
+        entry.update(
             {
-                "prompt": text,
                 "greedy_tokens_equal": equal,
                 "max_abs_logit_diff": rows[-1]["max_abs_diff"],
-                "ours": tok.decode(ours_new),
-                "transformers": tok.decode(hf_new),
+                "ours": tok.decode(ours_new) if tok else ours_new,
+                "transformers": tok.decode(hf_new) if tok else hf_new,
             }
         )
+        per_prompt.append(entry)
     stages = [r["stage"] for r in all_rows[0]]
     per_layer = {stage: max(rows[i]["max_abs_diff"] for rows in all_rows) for i, stage in enumerate(stages)}
     worst_rows = [
@@ -160,7 +203,8 @@ def verify_checkpoint(
         "model": str(spec),
         "path": str(path),
         "transformers_class": type(hf_model).__name__,
-        "prompts": len(prompts),
+        "inputs": input_kind,
+        "prompts": len(inputs),
         "max_abs_logit_diff": max(p["max_abs_logit_diff"] for p in per_prompt),
         "mean_abs_logit_diff": sum(rows[-1]["mean_abs_diff"] for rows in all_rows) / len(all_rows),
         "greedy_tokens_equal": bool(greedy_equal),
@@ -169,3 +213,9 @@ def verify_checkpoint(
         "per_layer_max_abs_diff": per_layer,
         "per_prompt": per_prompt,
     }
+
+
+def _pickle_only(path: Path) -> bool:
+    from .loading import weight_files
+
+    return not weight_files(path)

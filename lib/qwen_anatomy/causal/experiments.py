@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserInputError
-from ..runrecord import REPO_ROOT, RunRecord, atomic_write_json, refuse_overwrite
+from ..runrecord import REPO_ROOT, RunRecord, atomic_write_json
 from .data import EVAL_SETS, evaluation_sets, make_texts
 
 RESULTS_ROOT = REPO_ROOT / "data" / "results" / "causal"
@@ -217,10 +217,18 @@ def run(config: dict, log=print) -> dict:
 
 def run_and_save(config: dict, root: str | Path = RESULTS_ROOT, log=print) -> Path:
     """``run`` with a run record, into a new directory ``root/<suite>/<model>-<timestamp>/``."""
+    from ..iochecks import check_output_dir, check_output_root, make_output_dir
+    from ..loading import resolve_model
+
     cfg = check_config(config)
+    check_output_root(root, "results root")
+    model_path = resolve_model(cfg["model"])  # a bad name fails before anything is written
+    if not (model_path / "tokenizer.json").is_file():
+        raise UserInputError(f"model {cfg['model']!r} has no tokenizer.json; CausalQwen needs its tokenizer")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     model_tag = Path(str(cfg["model"])).name
-    out = refuse_overwrite(Path(root) / cfg["suite"] / f"{model_tag}-{stamp}", "results directory")
+    out = check_output_dir(Path(root) / cfg["suite"] / f"{model_tag}-{stamp}", "results directory")
+    make_output_dir(out, "results directory")
     command = (
         f"qwen-anatomy causal suite --suite {cfg['suite']} --model {cfg['model']} --steps {cfg['steps']}"
         " (every setting in parameters)"

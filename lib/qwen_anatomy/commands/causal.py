@@ -109,9 +109,13 @@ def register(subparsers) -> None:
 def _read_texts(path: Path | None, what: str) -> list[str] | None:
     if path is None:
         return None
-    if not path.is_file():
-        raise UserInputError(f"{what} {path} does not exist")
-    texts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    from ..iochecks import read_text
+
+    texts = [
+        line.strip()
+        for line in read_text(path, what, "give a UTF-8 text file, one text per line").splitlines()
+        if line.strip()
+    ]
     if not texts:
         raise UserInputError(f"{what} {path} is empty: it needs at least one non-blank line of text")
     return texts
@@ -135,17 +139,20 @@ def _config_from_args(args):
 
 
 def cmd_train(args) -> int:
+    from ..iochecks import check_output_dir, make_output_dir
     from ..loading import load_config, resolve_model
-    from ..runrecord import refuse_overwrite
 
-    refuse_overwrite(args.out, "heads directory")
+    check_output_dir(args.out, "--out")
     config = _config_from_args(args)
-    hidden = load_config(resolve_model(args.model)).hidden_size
+    model_path = resolve_model(args.model)
+    hidden = load_config(model_path).hidden_size
     config.validate(None if args.baseline else hidden)
     for flag, value in (("--lr", args.lr), ("--lr-pretrained", args.lr_pretrained)):
         if value is not None and not (value > 0 and value < float("inf")):
             raise UserInputError(f"{flag} {value} must be a finite number > 0")
     texts = _read_texts(args.train_file, "--train-file")
+    if not (model_path / "tokenizer.json").is_file():
+        raise UserInputError(f"model {args.model!r} has no tokenizer.json; CausalQwen needs one")
 
     import torch
     from safetensors.torch import save_file
@@ -159,7 +166,7 @@ def cmd_train(args) -> int:
 
     torch.manual_seed(args.seed)
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
-    args.out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(args.out, "--out")
     with RunRecord(
         args.out / "run_record.json", "qwen-anatomy causal train", params, seed=args.seed
     ) as record:
@@ -203,31 +210,93 @@ def cmd_train(args) -> int:
     return 0
 
 
-def load_heads(path: Path):
-    """(model, NumberTokenizer) from a directory written by ``causal train``."""
-    meta_file = Path(path) / "causal_config.json"
+HEADS_HINT = "point --heads at a directory written by `causal train --out`"
+
+
+def _heads_meta(path: Path) -> dict:
+    """The checked causal_config.json of a heads directory (before any model is loaded)."""
+    from ..causal.model import CausalConfig
+    from ..iochecks import read_json
+
+    if path.is_file():
+        raise UserInputError(f"--heads {path} is a file, not a directory: {HEADS_HINT}")
+    if not path.is_dir():
+        raise UserInputError(f"--heads {path} does not exist: {HEADS_HINT}")
+    meta_file = path / "causal_config.json"
     if not meta_file.is_file():
-        raise UserInputError(
-            f"{path} has no causal_config.json: point --heads at a `causal train --out` directory"
-        )
-    meta = json.loads(meta_file.read_text())
+        raise UserInputError(f"{path} has no causal_config.json: {HEADS_HINT}")
+    meta = read_json(meta_file, "heads config")
+    problem = None
+    if not isinstance(meta, dict):
+        problem = "not a JSON object"
+    elif meta.get("kind") not in ("causal", "baseline"):
+        problem = f"kind {meta.get('kind')!r} is neither 'causal' nor 'baseline'"
+    elif not isinstance(meta.get("model"), str) or not meta["model"]:
+        problem = "no backbone 'model' name"
+    elif not isinstance(meta.get("num_token_id"), int) or isinstance(meta["num_token_id"], bool):
+        problem = f"num_token_id {meta.get('num_token_id')!r} is not an integer"
+    elif not isinstance(meta.get("config"), dict):
+        problem = "no 'config' mapping"
+    else:
+        try:
+            CausalConfig(**meta["config"]).validate()
+        except TypeError:
+            known = sorted(CausalConfig.__dataclass_fields__)
+            problem = f"its config has fields other than {known}"
+        except UserInputError as err:
+            problem = f"its config is invalid ({err})"
+    if problem:
+        raise UserInputError(f"{meta_file} is damaged: {problem}; retrain with `causal train` or repair it")
+    return meta
+
+
+def load_heads(path: Path):
+    """(model, NumberTokenizer) from a directory written by ``causal train``; every file is checked
+    (and the heads' tensors read) before the backbone is loaded."""
+    path = Path(path)
+    meta = _heads_meta(path)
+    from ..iochecks import check_input_file
+
+    weights = check_input_file(path / "heads.safetensors", "heads file", HEADS_HINT)
     from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # noqa: BLE001 - any failure to parse is a damaged file
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserInputError(
+            f"{weights} is damaged ({reason}); retrain with `causal train` or restore it"
+        ) from None
 
     from ..causal.model import BaselineQwen, CausalConfig, CausalQwen
     from ..causal.numtok import NumberTokenizer
     from ..loading import load_model
 
     base, tok = load_model(meta["model"])
+    if tok is None:
+        raise UserInputError(f"the backbone {meta['model']!r} named in {path} has no tokenizer.json")
     numtok = NumberTokenizer(tok)
     cls = BaselineQwen if meta["kind"] == "baseline" else CausalQwen
-    conf = {k: v for k, v in meta["config"].items()}
-    model = cls(base, meta["num_token_id"], CausalConfig(**conf))
-    missing, unexpected = model.load_state_dict(
-        load_file(str(Path(path) / "heads.safetensors")), strict=False
-    )
+    try:
+        model = cls(base, meta["num_token_id"], CausalConfig(**meta["config"]))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (RuntimeError, ValueError, IndexError, UserInputError) as err:
+        # torch lists the problems below a header line: name the first problem, not the header
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = next(
+            (line for line in lines if "mismatch" in line), lines[0] if lines else type(err).__name__
+        )
+        raise UserInputError(
+            f"{weights} does not fit the backbone {meta['model']!r} ({reason}); retrain with `causal train`"
+        ) from None
     if unexpected or any(not k.startswith("backbone.") for k in missing):
-        raise UserInputError(f"{path}/heads.safetensors does not fit the model: {unexpected or missing}")
+        keys = unexpected or [k for k in missing if not k.startswith("backbone.")]
+        raise UserInputError(f"{weights} does not fit the model: {', '.join(keys[:3])}; retrain it")
     return model.eval(), numtok
+
+
+def _eval_record_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".run_record.json")
 
 
 def cmd_eval(args) -> int:
@@ -237,10 +306,11 @@ def cmd_eval(args) -> int:
     bad = [s for s in sets if s not in EVAL_SETS]
     if bad or not sets:
         raise UserInputError(f"--sets {args.sets!r}: use some of {','.join(EVAL_SETS)}")
-    if args.out is not None:
-        from ..runrecord import refuse_overwrite
+    from ..iochecks import check_output_file, set_aside_failed_records
 
-        refuse_overwrite(args.out, "--out")
+    record_path = _eval_record_path(args.out) if args.out is not None else None
+    if args.out is not None:
+        check_output_file(args.out, "--out", derived=[record_path], records=[record_path])
     custom = _read_texts(args.eval_file, "--eval-file")
     model, numtok = load_heads(args.heads)
     from ..causal.data import evaluation_sets
@@ -251,10 +321,10 @@ def cmd_eval(args) -> int:
         {"file": custom} if custom else {k: v for k, v in evaluation_sets(args.n_eval).items() if k in sets}
     )
     params = {"heads": str(args.heads), "sets": list(data), "n_eval": args.n_eval}
+    if args.out is not None:
+        set_aside_failed_records([record_path])
     record = (
-        RunRecord(args.out.with_name(args.out.stem + ".run_record.json"), "qwen-anatomy causal eval", params)
-        if args.out
-        else contextlib.nullcontext()
+        RunRecord(record_path, "qwen-anatomy causal eval", params) if args.out else contextlib.nullcontext()
     )
     results = {}
     with record:
@@ -318,6 +388,9 @@ def cmd_suite(args) -> int:
             raise UserInputError(
                 f"--set {item!r}: the value {text!r} is not JSON (quote strings: --set 'model=\"name\"')"
             ) from None
+    from ..iochecks import check_output_root
+
+    check_output_root(args.out_root or RESULTS_ROOT, "--out-root")
     check_config(config)
     out = run_and_save(config, args.out_root or RESULTS_ROOT)
     print(f"wrote {out}")
@@ -325,10 +398,12 @@ def cmd_suite(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from ..runrecord import refuse_overwrite
+    from ..iochecks import check_output_dir, make_output_dir
 
-    refuse_overwrite(args.out, "--out")
+    check_output_dir(args.out, "--out")
     from ..causal.data import pretrain_project_lm
+
+    make_output_dir(args.out, "--out")
 
     print(f"wrote {pretrain_project_lm(args.out, steps=args.steps, seed=args.seed)}")
     return 0

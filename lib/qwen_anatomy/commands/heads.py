@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..cli import positive_int
 from ..errors import UserInputError
+from .model import add_pickle_flag
 
 DATA_HELP = (
     "evaluation data: a synthetic task's data file (lines 'x1 x2 ... # y1 y2 ...', e.g. "
@@ -58,21 +59,34 @@ def register(sub) -> None:
         help="torch threads (one is fastest on a shared machine; more on an idle one)",
     )
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    add_pickle_flag(p)
     p.set_defaults(func=cmd_heads)
 
 
 def cmd_heads(args) -> int:
-    from ..runrecord import refuse_overwrite
+    from ..heads.data import DATA_HINT, is_task_file, load_eval_data
+    from ..iochecks import check_output_dir, make_output_dir, read_text
 
     # validate everything cheap before loading models or computing anything
-    if not args.data.is_file():
-        raise UserInputError(
-            f"data file {args.data} does not exist: give a task file ('x ... # y ...' lines) or a .txt file"
-        )
-    refuse_overwrite(args.out, "output directory")
+    if not read_text(args.data, "data file", DATA_HINT).strip():
+        raise UserInputError(f"data file {args.data} is empty: {DATA_HINT}")
+    check_output_dir(args.out, "--out")
     from ..loading import load_config, resolve_model
 
     path0 = resolve_model(args.model)
+    early = None
+    if is_task_file(args.data) or not (path0 / "tokenizer.json").is_file():
+        # a task file is read and checked in full now; text without a tokenizer is refused now
+        early = load_eval_data(args.data, None, args.max_examples, args.max_tokens)
+    if early is not None and early[1] == "task":
+        from ..tasks.vocab import VOCAB_SIZE
+
+        vocab = load_config(path0).vocab_size
+        if vocab < VOCAB_SIZE:
+            raise UserInputError(
+                f"{args.data} is a task file (the shared task vocabulary, {VOCAB_SIZE} ids) but "
+                f"{args.model} has only {vocab} token ids: use a model trained on the tasks, or text data"
+            )
     path1 = resolve_model(args.finetuned) if args.finetuned else None
     if path1 is not None:
         c0, c1 = load_config(path0).to_dict(), load_config(path1).to_dict()
@@ -88,16 +102,21 @@ def cmd_heads(args) -> int:
 
     from ..heads.analysis import ablation_passes, measure
     from ..heads.core import head_layout
-    from ..heads.data import load_eval_data
     from ..heads.experiment import write_analysis
     from ..heads.plasticity import update_magnitudes
     from ..loading import load_model
     from ..runrecord import RunRecord
 
     torch.set_num_threads(args.threads)
-    model0, tok = load_model(path0)
-    batch, kind = load_eval_data(args.data, tok, args.max_examples, args.max_tokens)
-    args.out.mkdir(parents=True, exist_ok=True)
+    model0, tok = load_model(path0, weights_only_pickle=args.allow_pickle_weights_only)
+    batch, kind = early or load_eval_data(args.data, tok, args.max_examples, args.max_tokens)
+    from ..validate import check_token_ids
+
+    check_token_ids(  # a tokenizer larger than the embedding table (an IndexError deep inside otherwise)
+        int(batch.input_ids.max()), model0.config.vocab_size, f"data file {args.data}", f"{args.model}'s "
+        "tokenizer.json does not belong to its weights"
+    )  # fmt: skip
+    make_output_dir(args.out, "--out")
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
     record = RunRecord(args.out / "run_record.json", "qwen-anatomy heads", params)
     with record:
@@ -105,7 +124,7 @@ def cmd_heads(args) -> int:
         record.data["n_examples"] = len(batch)
         models = [("θ0", model0)]
         if path1 is not None:
-            model1, _ = load_model(path1)
+            model1, _ = load_model(path1, weights_only_pickle=args.allow_pickle_weights_only)
             models.append(("θ1", model1))
         lay_total = ablation_passes(head_layout(model0), len(batch), args.batch_size) * len(models)
         results = []

@@ -6,33 +6,64 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli import non_negative_float, non_negative_int, positive_int, probability
+from ..cli import non_negative_int, positive_int, probability, seed, temperature
 from ..errors import UserInputError
+
+PICKLE_HELP = (
+    "load a checkpoint that holds only pickle weights (.bin/.pt) with torch.load(weights_only=True), "
+    "which reads plain tensors and refuses anything else; pickles are refused without this flag"
+)
+
+
+def add_pickle_flag(parser) -> None:
+    """``--allow-pickle-weights-only``, shared by every command that loads a checkpoint."""
+    parser.add_argument("--allow-pickle-weights-only", action="store_true", help=PICKLE_HELP)
 
 
 def register(sub) -> None:
     p = sub.add_parser("info", help="config summary and parameter counts of a model")
     p.add_argument("model", help="built-in name (smollm2-135m), checkpoint directory or .gguf file")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_pickle_flag(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("generate", help="generate text, streamed token by token")
     p.add_argument("--model", required=True, help="built-in name, checkpoint directory or .gguf file")
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    p.add_argument("--max-new-tokens", type=non_negative_int, default=64, help="tokens to generate (>= 0)")
-    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=non_negative_int,
+        default=64,
+        help="tokens to generate (>= 0; prompt + new tokens must fit the model's max_position_embeddings)",
+    )
+    p.add_argument(
+        "--temperature", type=temperature, default=0.0, help="0 = greedy (default), else in [0.001, 1000]"
+    )
     p.add_argument("--top-k", type=positive_int, default=None, help="sample only from the k most likely")
     p.add_argument("--top-p", type=probability, default=None, help="nucleus sampling mass in (0, 1]")
-    p.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed for sampling, 0..2**32-1 (default 0)")
+    add_pickle_flag(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("verify", help="compare our model with transformers' class for the checkpoint")
+    p = sub.add_parser(
+        "verify",
+        help="compare our model with transformers' class for the checkpoint",
+        description="Logits per layer and greedy tokens of our model against transformers' class, on "
+        "text prompts; a checkpoint without tokenizer.json is compared on seeded random token ids "
+        "(5 sequences of 16 ids, seed 0), as the JSON's 'inputs' field says.",
+    )
     p.add_argument("model", help="built-in name, checkpoint directory or .gguf file")
-    p.add_argument("--prompts", type=Path, default=None, help="text file, one prompt per line")
+    p.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        help="UTF-8 text file, one prompt per line (needs the checkpoint's tokenizer.json)",
+    )
     p.add_argument(
         "--max-new-tokens", type=positive_int, default=20, help="greedy tokens compared per prompt"
     )
+    add_pickle_flag(p)
     p.set_defaults(func=cmd_verify)
 
 
@@ -62,7 +93,7 @@ def cmd_info(args) -> int:
     from ..loading import load_model, resolve_model
 
     path = resolve_model(args.model)
-    model, tok = load_model(path, with_tokenizer=True)
+    model, tok = load_model(path, with_tokenizer=True, weights_only_pickle=args.allow_pickle_weights_only)
     cfg = model.config
     counts = parameter_counts(model)
     info = {
@@ -97,17 +128,29 @@ def cmd_info(args) -> int:
 def cmd_generate(args) -> int:
     if not args.prompt:
         raise UserInputError("--prompt is empty: give some text to continue")
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 reach Python as lone surrogates
+        raise UserInputError(
+            f"--prompt {args.prompt.encode('utf-8', 'replace').decode()!r} is not UTF-8 text; "
+            "pass the prompt in UTF-8"
+        ) from None
     from ..generation import generate
-    from ..loading import load_model
+    from ..loading import load_config, load_model, resolve_model
+    from ..validate import check_prompt_fits, open_tokenizer
 
-    model, tok = load_model(args.model)
+    # everything cheap first (config, tokenizer, prompt length): the weights are loaded last
+    path = resolve_model(args.model)
+    config = load_config(path)
+    tok = open_tokenizer(path)
     if tok is None:
         raise UserInputError(f"{args.model} has no tokenizer.json next to its weights; generate needs one")
     if args.chat:
-        text = tok.apply_chat_template([{"role": "user", "content": args.prompt}])
-        ids = tok.encode(text)
+        ids = tok.encode(chat_text(tok, args.model, args.prompt))
     else:
         ids = tok.encode(args.prompt, add_special_tokens=True)
+    check_prompt_fits(ids, config, args.max_new_tokens, f"--prompt of {args.model}")
+    model, _ = load_model(path, with_tokenizer=False, weights_only_pickle=args.allow_pickle_weights_only)
     eos = [i for i in {tok.eos_token_id, *model.config.eos_token_ids} if i is not None]
     produced: list[int] = []
     printed = ""
@@ -136,21 +179,40 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def chat_text(tok, model_name: str, prompt: str) -> str:
+    """The prompt wrapped in the checkpoint's chat template; UserInputError when it has none."""
+    if not tok.chat_template:
+        raise UserInputError(
+            f"--chat: {model_name} has no chat template (no chat_template in tokenizer_config.json, "
+            "no chat_template.jinja): drop --chat"
+        )
+    try:
+        return tok.apply_chat_template([{"role": "user", "content": prompt}])
+    except Exception as err:  # jinja2 syntax errors, raise_exception() inside the template
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise UserInputError(
+            f"--chat: the chat template of {model_name} failed ({type(err).__name__}: {first}); drop --chat"
+        ) from None
+
+
 def cmd_verify(args) -> int:
     prompts = None
     if args.prompts is not None:
-        if not args.prompts.is_file():
-            raise UserInputError(
-                f"--prompts {args.prompts} does not exist: give a text file, one prompt a line"
-            )
-        prompts = [line for line in args.prompts.read_text().splitlines() if line.strip()]
+        from ..iochecks import read_text
+
+        text = read_text(args.prompts, "--prompts", "give a UTF-8 text file, one prompt a line")
+        prompts = [line for line in text.splitlines() if line.strip()]
         if not prompts:
             raise UserInputError(f"--prompts {args.prompts} holds no non-empty line")
-    from ..loading import resolve_model
-
-    resolve_model(args.model)  # fail fast on a bad model argument, before importing transformers
     from ..verify import verify_checkpoint
 
-    report = verify_checkpoint(args.model, prompts, max_new_tokens=args.max_new_tokens)
+    # verify_checkpoint checks config, tokenizer, prompt lengths and weights before it imports
+    # transformers (15-19 s)
+    report = verify_checkpoint(
+        args.model,
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        weights_only_pickle=args.allow_pickle_weights_only,
+    )
     print(json.dumps(report, indent=2))
     return 0

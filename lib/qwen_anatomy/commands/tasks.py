@@ -11,6 +11,7 @@ import sys
 
 from ..cli import non_negative_int, positive_int
 from ..errors import UserInputError
+from .model import add_pickle_flag
 
 
 def _int(text: str) -> int:
@@ -69,10 +70,12 @@ def _add_generate(sub) -> None:
 
 
 def _generate(args) -> int:
-    from ..tasks.generators import TaskSpec, generate_task, parse_permutation
+    from ..iochecks import check_output_root
+    from ..tasks.generators import TaskSpec, check_targets, generate_task, parse_permutation, task_targets
 
+    check_output_root(args.output_root, "--output-root")
     specs = []
-    for n in args.sequence_lengths:  # validate every length before writing anything
+    for n in dict.fromkeys(args.sequence_lengths):  # validate every length before writing anything
         spec = TaskSpec(
             args.task,
             n,
@@ -83,6 +86,12 @@ def _generate(args) -> int:
         )
         perm = parse_permutation(args.permutation, n) if args.permutation is not None else None
         specs.append((spec, perm))
+    targets = [
+        path
+        for spec, perm in specs
+        for _, _, path in task_targets(spec, args.output_root, not args.no_inverse, perm)
+    ]
+    check_targets(targets, args.overwrite)  # every file of every length, before the first is written
     for spec, perm in specs:
         paths = generate_task(
             spec,
@@ -123,6 +132,7 @@ def _add_train(sub, name: str) -> None:
     p.add_argument("--dryrun", action="store_true", help="1 epoch on 1,000 samples (a quick check)")
     p.add_argument("--out", help="output directory (default runs/<config>-<UTC time>)")
     p.add_argument("--init-from", help="checkpoint to fine-tune (directory or shipped model name)")
+    add_pickle_flag(p)  # for an --init-from checkpoint of pickle weights
     p.set_defaults(func=_train)
 
 
@@ -136,7 +146,9 @@ def _train(args) -> int:
     out = args.out or str(
         Path("runs") / f"{Path(args.config).stem}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
     )
-    result = train(config, out, init_from=args.init_from, dryrun=args.dryrun)
+    result = train(
+        config, out, init_from=args.init_from, dryrun=args.dryrun, allow_pickle=args.allow_pickle_weights_only
+    )
     print(f"checkpoint: {out}")
     print(
         f"exact match {result['exact_match']:.3f}, token accuracy {result['token_accuracy']:.3f} "
@@ -157,21 +169,22 @@ def _add_evaluate(sub, name: str) -> None:
     p.add_argument("--max-examples", type=positive_int, help="score only the first K lines")
     p.add_argument("--show", type=non_negative_int, default=5, help="sample generations to print")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    add_pickle_flag(p)
     p.set_defaults(func=_evaluate)
 
 
 def _evaluate(args) -> int:
-    from pathlib import Path
-
-    from ..loading import resolve_model
     from ..tasks.evaluate import evaluate
 
-    if not Path(args.data).is_file():
-        raise UserInputError(
-            f"--data {args.data} does not exist: create it with `qwen-anatomy tasks generate`"
-        )
-    resolve_model(args.checkpoint)
-    result = evaluate(args.checkpoint, args.data, args.max_examples, show=args.show)
+    # evaluate() reads and checks the whole data file (shape of every line, vocabulary) before it
+    # resolves and loads the checkpoint
+    result = evaluate(
+        args.checkpoint,
+        args.data,
+        args.max_examples,
+        show=args.show,
+        allow_pickle=args.allow_pickle_weights_only,
+    )
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from ..cli import positive_int
+from ..cli import positive_int, seed
 
 
 def register(sub) -> None:
@@ -43,7 +43,7 @@ def register(sub) -> None:
     e.add_argument("--out", metavar="DIR", required=True, help="new directory for tables and figures")
     e.add_argument("--k", default="8,16,32,64,128,256", help="comma-separated K grid (default 8,...,256)")
     e.add_argument("--pca", type=int, default=128, help="PCA dimensions before clustering (0: none)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=seed, default=0, help="clustering and sampling seed, 0..2**32-1")
     e.add_argument("--threads", type=positive_int, default=1)
     e.add_argument("--max-rows", type=positive_int, help="use only the first N rows (quick looks)")
     e.set_defaults(func=_embeddings)
@@ -94,13 +94,14 @@ def _params(args) -> int:
 
 def _embeddings(args) -> int:
     from ..errors import UserInputError
-    from ..runrecord import RunRecord, refuse_overwrite
+    from ..iochecks import check_output_dir, make_output_dir
+    from ..runrecord import RunRecord
     from ..weights.embeddings import parse_k_grid
 
     ks = parse_k_grid(args.k)
     if args.pca < 0:
         raise UserInputError(f"--pca {args.pca}: must be >= 0 (0 disables PCA)")
-    refuse_overwrite(args.out, "--out directory")
+    check_output_dir(args.out, "--out")  # before the report's heavy work, not after it
     from pathlib import Path
 
     from ..weights.embeddings import embedding_report, write_report
@@ -108,7 +109,7 @@ def _embeddings(args) -> int:
     params = {"model": args.model, "k": ks, "pca": args.pca, "seed": args.seed, "max_rows": args.max_rows}
     report = embedding_report(args.model, k_grid=ks, pca_dims=args.pca or None, seed=args.seed,
                               max_rows=args.max_rows, threads=args.threads)  # fmt: skip
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    make_output_dir(args.out, "--out")
     with RunRecord(
         Path(args.out) / "run.json", "qwen-anatomy " + " ".join(sys.argv[1:]), params, seed=args.seed
     ) as rec:
@@ -126,7 +127,10 @@ def _embeddings(args) -> int:
 
 
 def _download(args) -> int:
+    from ..iochecks import check_output_root
     from ..weights.download import download
+
+    check_output_root(args.out, "--out")  # an existing folder is fine: the download resumes into it
 
     path = download(args.model_id, args.out, args.revision)
     print(f"downloaded {args.model_id} to {path} (revision recorded in {path}/download.json)")

@@ -14,14 +14,18 @@ from pathlib import Path
 from ..errors import UserInputError
 from .core import EvalBatch, make_batch
 
+DATA_HINT = "give a synthetic-task file (lines 'x ... # y ...') or a UTF-8 .txt file of text lines"
+
 
 def is_task_file(path: Path) -> bool:
-    """True when the first non-empty line looks like ``ints # ints``."""
-    with open(path) as fh:
-        for line in fh:
-            if line.strip():
-                left, sep, right = line.partition(" # ")
-                return bool(sep) and all(_is_int(t) for t in (left + " " + right).split())
+    """True when the first non-empty line looks like ``ints # ints`` (UserInputError when the file
+    is not UTF-8 text)."""
+    from ..iochecks import read_text
+
+    for line in read_text(path, "data file", DATA_HINT).splitlines():
+        if line.strip():
+            left, sep, right = line.partition(" # ")
+            return bool(sep) and all(_is_int(t) for t in (left + " " + right).split())
     return False
 
 
@@ -66,12 +70,12 @@ def load_eval_data(
     path: str | Path, tokenizer=None, max_examples: int | None = None, max_tokens: int = 64
 ) -> tuple[EvalBatch, str]:
     """(batch, kind) for a task file (kind "task") or a text file (kind "text")."""
+    from ..iochecks import read_text
+
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(
-            f"data file {path} does not exist: give a synthetic-task file (lines 'x ... # y ...') "
-            "or a .txt file of text lines"
-        )
+    text = read_text(path, "data file", DATA_HINT)
+    if not text.strip():
+        raise UserInputError(f"data file {path} is empty: {DATA_HINT}")
     if is_task_file(path):
         return task_batch(path, max_examples), "task"
     if tokenizer is None:
@@ -79,7 +83,7 @@ def load_eval_data(
             f"{path} is text, but the model has no tokenizer.json to tokenise it: use a task file "
             "('x ... # y ...' lines) or a model directory with a tokenizer"
         )
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if max_examples is not None:
         lines = lines[:max_examples]
     return text_batch(lines, tokenizer, max_tokens, min_tokens=2), "text"

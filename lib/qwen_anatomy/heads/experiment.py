@@ -26,6 +26,10 @@ from ..runrecord import REPO_ROOT, RunRecord, atomic_write_json, atomic_write_te
 from .analysis import Measurements, case_list, compute_stats, group_table, head_table
 
 DEFAULT_OUT = REPO_ROOT / "data" / "results" / "heads" / "finetune-square"
+REGENERATE_COMMAND = (
+    ".venv/bin/python -m qwen_anatomy.heads.experiment --out data/results/heads/finetune-square"
+)
+SEED_FILES = ("theta0.npz", "theta1.npz", "update.npz", "stats.json")
 
 
 def write_analysis(
@@ -205,28 +209,49 @@ def _small(result) -> dict:
 
 
 def load_results(out_dir: str | Path = DEFAULT_OUT) -> dict:
-    """Everything :func:`run` wrote: per-seed measurements, update sizes, stats; agreement; record."""
+    """Everything :func:`run` wrote: per-seed measurements, update sizes, stats; agreement; record.
+
+    Chapter 40 reads the committed results through this function in every build (book and CI).
+    A missing file, or a run record that does not say "success", raises FileNotFoundError naming
+    the file and the regeneration command.
+    """
     out_dir = Path(out_dir)
-    if not (out_dir / "summary.json").is_file():
+
+    def need(path: Path) -> Path:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is missing: {out_dir} holds no complete heads experiment; regenerate it with "
+                f"`{REGENERATE_COMMAND}` (or `--out <dir>` for another folder; see data/results/heads/README.md)"
+            )
+        return path
+
+    summary = json.loads(need(out_dir / "summary.json").read_text())
+    record = json.loads(need(out_dir / "run_record.json").read_text())
+    if record.get("status") != "success":
         raise FileNotFoundError(
-            f"{out_dir} holds no heads experiment results; create them with "
-            "`.venv/bin/python -m qwen_anatomy.heads.experiment --out <dir>`"
+            f"{out_dir / 'run_record.json'} says status {record.get('status')!r}: the run did not finish; "
+            f"regenerate it with `{REGENERATE_COMMAND}`"
         )
-    summary = json.loads((out_dir / "summary.json").read_text())
     seeds = {}
     for seed in summary["seeds"]:
         d = out_dir / f"seed-{seed}"
+        for name in SEED_FILES:
+            need(d / name)
         seeds[int(seed)] = {
             "m0": Measurements.from_npz(d / "theta0.npz"),
             "m1": Measurements.from_npz(d / "theta1.npz"),
             "update": dict(np.load(d / "update.npz")),
             "stats": json.loads((d / "stats.json").read_text()),
         }
+    if not seeds:
+        raise FileNotFoundError(
+            f"{out_dir / 'summary.json'} lists no seed; regenerate with `{REGENERATE_COMMAND}`"
+        )
     return {
         "summary": summary,
         "seeds": seeds,
-        "agreement": json.loads((out_dir / "agreement.json").read_text()),
-        "run_record": json.loads((out_dir / "run_record.json").read_text()),
+        "agreement": json.loads(need(out_dir / "agreement.json").read_text()),
+        "run_record": record,
     }
 
 

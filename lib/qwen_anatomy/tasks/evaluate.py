@@ -9,13 +9,12 @@ exact match stays low).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import UserInputError
 from .data import decoder_prompt
-from .vocab import BOS_ID, EOS_ID, PAD_ID, encode_ints, id_to_int
+from .vocab import BOS_ID, EOS_ID, PAD_ID, SEP_ID, encode_ints, id_to_int
 
 
 def _group_by_length(xs: Sequence[Sequence[int]]) -> dict[int, list[int]]:
@@ -129,22 +128,46 @@ def _special(i: int) -> str:
     return SPECIAL_TOKENS[i] if 0 <= i < len(SPECIAL_TOKENS) else f"<id {i}>"
 
 
-def load_task_model(checkpoint: str | Path):
+def check_task_checkpoint(checkpoint: str | Path, allow_pickle: bool = False, max_id: int | None = None):
+    """(path, model_type, reads_pickles) of a checkpoint of this strand, validated before loading.
+
+    Qwen2 checkpoints go through our loader's checks later; BART ones (read by transformers) are
+    checked here by :func:`qwen_anatomy.validate.check_transformers_checkpoint`. Pickle weights are
+    refused unless ``allow_pickle``. ``max_id``: the largest token id the data needs, which must
+    have an embedding row.
+    """
+    from ..loading import resolve_model
+    from ..validate import check_token_ids, check_transformers_checkpoint, read_config_json
+    from .vocab import VOCAB_SIZE
+
+    path = resolve_model(checkpoint)
+    hf = read_config_json(path / "config.json")
+    model_type = hf.get("model_type")
+    pickled = check_transformers_checkpoint(path, allow_pickle) if model_type == "bart" else False
+    if max_id is not None and isinstance(hf.get("vocab_size"), int):
+        check_token_ids(
+            max_id,
+            hf["vocab_size"],
+            f"the task data for {checkpoint}",
+            f"use a checkpoint trained on the shared task vocabulary ({VOCAB_SIZE} ids)",
+        )
+    return path, model_type, pickled
+
+
+def load_task_model(checkpoint: str | Path, allow_pickle: bool = False):
     """A checkpoint of this strand as a model ready for :func:`greedy_outputs`.
 
     Qwen2 checkpoints load with our own loader (qwen_anatomy.loading); BART ones with transformers.
+    Both refuse pickle weights unless ``allow_pickle`` (then read with ``weights_only=True``).
     """
-    from ..loading import resolve_model
-
-    path = resolve_model(checkpoint)
-    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    path, model_type, pickled = check_task_checkpoint(checkpoint, allow_pickle)
     if model_type == "bart":
         from transformers import BartForConditionalGeneration
 
-        return BartForConditionalGeneration.from_pretrained(path).eval()
+        return BartForConditionalGeneration.from_pretrained(path, use_safetensors=not pickled).eval()
     from ..loading import load_model
 
-    model, _ = load_model(path, with_tokenizer=False)
+    model, _ = load_model(path, with_tokenizer=False, weights_only_pickle=allow_pickle)
     return model
 
 
@@ -154,12 +177,14 @@ def evaluate(
     max_examples: int | None = None,
     batch_size: int = 500,
     show: int = 5,
+    allow_pickle: bool = False,
 ) -> dict:
     """Re-score a checkpoint on a task file: exact match, per-position accuracy, sample generations.
 
     ``checkpoint``: a directory, or a model name shipped in data/models/ (e.g. ``relu-n10-forward``).
     ``data_file``: a file written by ``qwen-anatomy tasks generate``; the first ``max_examples``
-    lines are used when given.
+    lines are used when given. ``allow_pickle``: read pickle-only checkpoints with
+    ``torch.load(weights_only=True)`` (refused otherwise).
     """
     import torch
 
@@ -167,11 +192,14 @@ def evaluate(
 
     if max_examples is not None and max_examples < 1:
         raise UserInputError(f"max_examples {max_examples} must be a positive integer")
-    xs, ys = read_task_file(data_file, max_examples)
+    xs, ys = read_task_file(data_file, max_examples, one_length=True)
     from .vocab import check_range
 
     check_range(xs, str(data_file))
-    model = load_task_model(checkpoint)
+    check_range(ys, str(data_file))
+    max_id = max(encode_ints([max(max(r) for r in xs + ys)]) + [SEP_ID, EOS_ID])
+    check_task_checkpoint(checkpoint, allow_pickle, max_id)  # before the model is loaded
+    model = load_task_model(checkpoint, allow_pickle)
     with torch.inference_mode():
         predictions = greedy_outputs(model, xs, batch_size)
     result = score(predictions, xs, ys, show)

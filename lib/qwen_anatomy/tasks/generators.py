@@ -106,8 +106,12 @@ def validate_spec(spec: TaskSpec) -> None:
     """Raise UserInputError naming the bad option and what is accepted."""
     if spec.task not in TASKS:
         raise UserInputError(f"unknown task {spec.task!r}: choose one of {', '.join(TASKS)}")
-    if not isinstance(spec.n, int) or spec.n < 1:
+    if not isinstance(spec.n, int) or isinstance(spec.n, bool) or spec.n < 1:
         raise UserInputError(f"sequence length {spec.n!r} must be a positive integer")
+    for name in ("m", "modulus", "value_min", "value_max"):
+        value = getattr(spec, name)
+        if (value is not None or name != "m") and (not isinstance(value, int) or isinstance(value, bool)):
+            raise UserInputError(f"--{name.replace('_', '-')} {value!r} must be an integer")
     if spec.task == "index":
         if spec.m is None:
             raise UserInputError(
@@ -119,6 +123,11 @@ def validate_spec(spec: TaskSpec) -> None:
             raise UserInputError(
                 f"the index task needs sequence length >= 2 (inputs lie in [1, n-1]); got {spec.n}"
             )
+        if spec.m > spec.n - 1:
+            raise UserInputError(
+                f"--m {spec.m} is larger than n - 1 = {spec.n - 1} for sequence length {spec.n}: each "
+                f"output sums at most the n - 1 previous ones; give 1 <= m <= {spec.n - 1}"
+            )
     else:
         if spec.m is not None:
             raise UserInputError(f"--m applies only to the index task, not {spec.task}")
@@ -129,6 +138,39 @@ def validate_spec(spec: TaskSpec) -> None:
             )
     if spec.task == "square" and (not isinstance(spec.modulus, int) or spec.modulus < 1):
         raise UserInputError(f"--modulus {spec.modulus!r} must be a positive integer")
+    _check_vocabulary(spec)
+
+
+def value_bounds(spec: TaskSpec) -> tuple[int, int]:
+    """The smallest and largest integer a task's lines can hold (inputs and outputs)."""
+    if spec.task == "index":
+        return 1, spec.n - 1
+    lo, hi = spec.value_min, spec.value_max
+    if spec.task == "relu":  # outputs: running sums clipped at 0, at most n * value_max
+        return min(lo, 0), max(hi, spec.n * max(hi, 0))
+    half = spec.modulus // 2  # square: y_i in [-floor(p/2), p - 1 - floor(p/2)]
+    return min(lo, -half), max(hi, spec.modulus - 1 - half)
+
+
+def _check_vocabulary(spec: TaskSpec) -> None:
+    """Every integer of the task's lines must be a token of the shared task vocabulary."""
+    from .vocab import INT_MAX, INT_MIN
+
+    lo, hi = value_bounds(spec)
+    if lo >= INT_MIN and hi <= INT_MAX:
+        return
+    if spec.task == "index":
+        raise UserInputError(
+            f"sequence length {spec.n} gives index inputs up to {hi}, outside the task vocabulary "
+            f"[{INT_MIN}, {INT_MAX}]: use n <= {INT_MAX + 1}"
+        )
+    what = "values" if spec.value_min < INT_MIN or spec.value_max > INT_MAX else "outputs"
+    raise UserInputError(
+        f"--value-min {spec.value_min} --value-max {spec.value_max} with n = {spec.n}"
+        + (f", modulus {spec.modulus}" if spec.task == "square" else "")
+        + f" give {what} in [{lo}, {hi}], outside the task vocabulary [{INT_MIN}, {INT_MAX}]: "
+        "use a smaller value range or sequence length"
+    )
 
 
 def parse_permutation(text: str | Sequence[int], n: int) -> tuple[int, ...]:
@@ -237,6 +279,42 @@ def write_samples(path: Path, lines: Iterator[str], total: int, progress: bool) 
     return path
 
 
+def task_targets(
+    spec: TaskSpec,
+    output_root: str | Path,
+    inverse: bool = True,
+    permutation: Sequence[int] | None = None,
+) -> list[tuple[str, str, Path]]:
+    """(order, split, path) of every file :func:`generate_task` writes for these options."""
+    if permutation is not None:
+        permutation = parse_permutation(permutation, spec.n)
+        orders = ["permutation"]
+    else:
+        orders = ["forward", "inverse"] if inverse else ["forward"]
+    folder = Path(output_root) / spec.dirname
+    return [
+        (order, split, folder / name)
+        for order in orders
+        for split, name in zip(("train", "test"), file_names(order, permutation), strict=True)
+    ]
+
+
+def check_targets(paths: Sequence[Path], overwrite: bool = False, what: str = "--output-root") -> None:
+    """Refuse (UserInputError) before anything is written: an existing file unless ``overwrite``, a
+    directory where a file goes, a folder that cannot be created or written."""
+    from ..iochecks import check_output_root
+
+    for path in paths:
+        if path.is_dir():
+            raise UserInputError(
+                f"{path} is a directory where a data file goes: remove it or choose another {what}"
+            )
+        if path.exists() and not overwrite:
+            raise UserInputError(f"{path} already exists: choose another {what} or pass --overwrite")
+    for folder in dict.fromkeys(Path(p).parent for p in paths):
+        check_output_root(folder, what)
+
+
 def generate_task(
     spec: TaskSpec,
     output_root: str | Path,
@@ -257,7 +335,7 @@ def generate_task(
     bytes: regenerating is safe, but a different seed would silently replace data).
     """
     for name, count in (("--train-samples", train_samples), ("--test-samples", test_samples)):
-        if not isinstance(count, int) or count < 1:
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise UserInputError(f"{name} {count!r} must be a positive integer")
     default_train, default_test = DEFAULT_SEEDS[spec.task]
     seeds = {
@@ -267,47 +345,56 @@ def generate_task(
     counts = {"train": train_samples, "test": test_samples}
     if permutation is not None:
         permutation = parse_permutation(permutation, spec.n)
-        orders = ["permutation"]
-    else:
-        orders = ["forward", "inverse"] if inverse else ["forward"]
-    folder = Path(output_root) / spec.dirname
-    targets = [folder / name for order in orders for name in file_names(order, permutation)]
-    existing = [p for p in targets if p.exists()]
-    if existing and not overwrite:
-        raise UserInputError(
-            f"{existing[0]} already exists: choose another --output-root or pass --overwrite"
-        )
+    targets = task_targets(spec, output_root, inverse, permutation)
+    check_targets([path for _, _, path in targets], overwrite)
     written = []
-    for order in orders:
-        names = dict(zip(("train", "test"), file_names(order, permutation), strict=True))
-        for split in ("train", "test"):
-            lines = (
-                format_line(x, y) for x, y in samples(spec, counts[split], seeds[split], order, permutation)
-            )
-            written.append(write_samples(folder / names[split], lines, counts[split], progress))
+    for order, split, path in targets:
+        lines = (format_line(x, y) for x, y in samples(spec, counts[split], seeds[split], order, permutation))
+        written.append(write_samples(path, lines, counts[split], progress))
     return written
 
 
 def read_task_file(
-    path: str | Path, max_examples: int | None = None
+    path: str | Path, max_examples: int | None = None, one_length: bool = False
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """(inputs, targets) of a task file, the first ``max_examples`` lines when given."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"data file {path} does not exist: create it with `qwen-anatomy tasks generate`")
+    """(inputs, targets) of a task file, the first ``max_examples`` lines when given.
+
+    Every line must hold n inputs and n outputs (``x_0 ... x_{n-1} # y_0 ... y_{n-1}``): a line of
+    another shape would be scored as a different task. ``one_length``: the same n on every line
+    (exact match and per-position accuracy need it; head ablation pads mixed lengths).
+    """
+    from ..iochecks import check_input_file
+
+    hint = "create it with `qwen-anatomy tasks generate`"
+    path = check_input_file(path, "data file", hint)
     xs, ys = [], []
-    with path.open() as fh:
-        for number, line in enumerate(fh, 1):
-            if max_examples is not None and len(xs) >= max_examples:
-                break
-            if not line.strip():
-                continue
-            try:
-                x, y = parse_line(line)
-            except ValueError as err:
-                raise UserInputError(f"{path}:{number}: {err}") from None
-            xs.append(x)
-            ys.append(y)
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                if max_examples is not None and len(xs) >= max_examples:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    x, y = parse_line(line)
+                except ValueError as err:
+                    raise UserInputError(
+                        f"{path}:{number}: {err} (a task line reads 'x1 ... xn # y1 ... yn')"
+                    ) from None
+                if not x or len(x) != len(y):
+                    raise UserInputError(
+                        f"{path}:{number}: {len(x)} inputs but {len(y)} outputs; a task line holds n "
+                        "inputs and n outputs ('x1 ... xn # y1 ... yn', n >= 1)"
+                    )
+                if one_length and xs and len(x) != len(xs[0]):
+                    raise UserInputError(
+                        f"{path}:{number}: sequence length {len(x)}, but the first line has "
+                        f"{len(xs[0])}; one task file holds one sequence length"
+                    )
+                xs.append(x)
+                ys.append(y)
+    except UnicodeDecodeError:
+        raise UserInputError(f"data file {path} is not UTF-8 text: {hint}") from None
     if not xs:
-        raise UserInputError(f"data file {path} holds no samples")
+        raise UserInputError(f"data file {path} holds no samples: {hint}")
     return xs, ys

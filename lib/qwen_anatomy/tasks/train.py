@@ -18,7 +18,6 @@ unless ``training.report_to`` asks for it, generation capped at n + 1 tokens, a 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from pathlib import Path
@@ -81,6 +80,16 @@ DEFAULTS: dict[str, Any] = {
 }
 
 MODEL_TYPES = ("qwen2", "bart")
+# transformers' schedulers that need no extra arguments
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
 ORDERS = ("forward", "inverse", "permutation")
 
 
@@ -135,17 +144,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """DEFAULTS, then the YAML file, then the ``--set`` overrides; validated."""
     import yaml
 
+    from ..iochecks import read_text
+
     config = copy.deepcopy(DEFAULTS)
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise UserInputError(f"config file {path} does not exist (see configs/ for examples)")
+        text = read_text(path, "config file", "see configs/ for examples")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise UserInputError(
                 f"config file {path} is not valid YAML: {str(err).splitlines()[0]}"
             ) from None
+        if loaded is None:
+            raise UserInputError(
+                f"config file {path} is empty: give a mapping of sections (task, model, training), "
+                "e.g. configs/relu.yaml"
+            )
         if not isinstance(loaded, dict):
             raise UserInputError(f"config file {path} must hold a mapping of sections")
         config = _merge(config, loaded, "")
@@ -190,6 +205,7 @@ def validate_config(config: dict) -> None:
     )
     for key in keys:
         _positive_int(model[key], f"model.{key}")
+    _positive_int(model["max_position_embeddings"], "model.max_position_embeddings")
     if model["type"] == "qwen2":
         if model["hidden_size"] % model["num_attention_heads"]:
             raise UserInputError("model.hidden_size must be a multiple of model.num_attention_heads")
@@ -213,13 +229,44 @@ def validate_config(config: dict) -> None:
     ):
         raise UserInputError(f"training.epochs {training['epochs']!r} must be a positive number")
     lr = training["learning_rate"]
-    if not isinstance(lr, int | float) or not lr > 0:
+    if not _is_number(lr) or not 0 < lr < math.inf:
         raise UserInputError(f"training.learning_rate {lr!r} must be a positive number")
-    if not 0 <= float(training["warmup_ratio"]) < 1:
-        raise UserInputError(f"training.warmup_ratio {training['warmup_ratio']!r} must lie in [0, 1)")
+    warmup = training["warmup_ratio"]
+    if not _is_number(warmup) or not 0 <= warmup < 1:
+        raise UserInputError(f"training.warmup_ratio {warmup!r} must be a number in [0, 1)")
+    decay = training["weight_decay"]
+    if not _is_number(decay) or not 0 <= decay < math.inf:
+        raise UserInputError(f"training.weight_decay {decay!r} must be a finite number >= 0")
+    clip = training["max_grad_norm"]
+    if not _is_number(clip) or not 0 < clip < math.inf:
+        raise UserInputError(f"training.max_grad_norm {clip!r} must be a positive number")
+    seed = training["seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise UserInputError(f"training.seed {seed!r} must be an integer >= 0")
+    if training["lr_scheduler_type"] not in SCHEDULERS:
+        raise UserInputError(
+            f"training.lr_scheduler_type {training['lr_scheduler_type']!r} must be one of {', '.join(SCHEDULERS)}"
+        )
+    report = training["report_to"]
+    if report is not None and not isinstance(report, str):
+        if not (isinstance(report, list) and all(isinstance(r, str) for r in report)):
+            raise UserInputError(f"training.report_to {report!r} must be 'none', a name or a list of names")
     budget = training["max_train_seconds"]
-    if budget is not None and not (isinstance(budget, int | float) and budget > 0):
+    if budget is not None and not (_is_number(budget) and budget > 0):
         raise UserInputError(f"training.max_train_seconds {budget!r} must be a positive number of seconds")
+    if not _is_number(model["rope_theta"]) or not 0 < model["rope_theta"] < math.inf:
+        raise UserInputError(f"model.rope_theta {model['rope_theta']!r} must be a positive number")
+    ev = config["evaluation"]
+    if ev["max_examples"] is not None:
+        _positive_int(ev["max_examples"], "evaluation.max_examples")
+    if not isinstance(ev["show"], int) or isinstance(ev["show"], bool) or ev["show"] < 0:
+        raise UserInputError(f"evaluation.show {ev['show']!r} must be an integer >= 0")
+    if task["data_root"] is not None and not isinstance(task["data_root"], str):
+        raise UserInputError(f"task.data_root {task['data_root']!r} must be a folder path (a string)")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
 
 
 def _positive_int(value, name: str) -> None:
@@ -250,23 +297,33 @@ def data_root(config: dict) -> Path:
 
 def data_files(config: dict, generate_missing: bool = True) -> tuple[Path, Path]:
     """(train, test) files of the configured task; generated with the default seeds when missing."""
+    import os
+    import tempfile
+
+    from ..iochecks import check_output_root
     from .generators import file_names, generate_task, parse_permutation
 
     spec = task_spec(config)
     order = config["task"]["order"]
     perm = parse_permutation(str(config["task"]["permutation"]), spec.n) if order == "permutation" else None
-    folder = data_root(config) / spec.dirname
+    root = data_root(config)
+    folder = root / spec.dirname
     train_name, test_name = file_names(order, perm)
     train_file, test_file = folder / train_name, folder / test_name
-    if generate_missing and not (train_file.is_file() and test_file.is_file()):
-        generate_task(
-            spec,
-            data_root(config),
-            inverse=order == "inverse",
-            permutation=perm,
-            progress=False,
-            overwrite=True,
-        )
+    missing = [f for f in (train_file, test_file) if not f.is_file()]
+    for f in missing:
+        if f.is_dir():
+            raise UserInputError(
+                f"{f} is a directory where a task data file goes: remove it or set task.data_root"
+            )
+    if generate_missing and missing:
+        # only the missing files are added: a file already there (perhaps the user's own) stays
+        check_output_root(folder, "task.data_root")
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".generate-") as tmp:
+            generate_task(spec, tmp, inverse=order == "inverse", permutation=perm, progress=False)
+            for f in missing:
+                os.replace(Path(tmp) / spec.dirname / f.name, f)
     return train_file, test_file
 
 
@@ -317,18 +374,42 @@ def build_model(config: dict):
     return Qwen2ForCausalLM(cfg)
 
 
-def _load_init(init_from: str | Path):
+def check_init_checkpoint(init_from: str | Path, allow_pickle: bool = False) -> tuple[Path, str, bool]:
+    """(path, model_type, reads_pickles) of an ``init_from`` checkpoint, validated before anything is
+    written: config and weights (:func:`qwen_anatomy.validate.check_transformers_checkpoint`; pickle
+    weights refused unless ``allow_pickle``), a model type this strand trains, and an embedding row
+    for every id of the shared task vocabulary."""
     from ..loading import resolve_model
+    from ..validate import check_transformers_checkpoint, read_config_json
+    from .vocab import VOCAB_SIZE
 
     path = resolve_model(init_from)
-    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    pickled = check_transformers_checkpoint(path, allow_pickle)
+    hf = read_config_json(path / "config.json")
+    model_type = hf.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise UserInputError(
+            f"--init-from {init_from}: model_type {model_type!r} is not one this strand trains "
+            f"({', '.join(MODEL_TYPES)})"
+        )
+    vocab = hf.get("vocab_size")
+    if not isinstance(vocab, int) or vocab < VOCAB_SIZE:
+        raise UserInputError(
+            f"--init-from {init_from} has {vocab} token ids but the shared task vocabulary needs "
+            f"{VOCAB_SIZE}: start from a checkpoint trained on the tasks"
+        )
+    return path, model_type, pickled
+
+
+def _load_init(init_from: str | Path, allow_pickle: bool = False):
+    path, model_type, pickled = check_init_checkpoint(init_from, allow_pickle)
     if model_type == "bart":
         from transformers import BartForConditionalGeneration
 
-        return BartForConditionalGeneration.from_pretrained(path), path
+        return BartForConditionalGeneration.from_pretrained(path, use_safetensors=not pickled), path
     from transformers import Qwen2ForCausalLM
 
-    return Qwen2ForCausalLM.from_pretrained(path), path
+    return Qwen2ForCausalLM.from_pretrained(path, use_safetensors=not pickled), path
 
 
 def model_section_of(model) -> dict:
@@ -412,6 +493,7 @@ def train(
     init_from: str | Path | None = None,
     dryrun: bool = False,
     verbose: bool = True,
+    allow_pickle: bool = False,
 ) -> dict:
     """Train one model on one task and order; returns the final evaluation (also written to disk).
 
@@ -420,14 +502,17 @@ def train(
     ``Qwen2ForCausalLM`` (or ``BartForConditionalGeneration``) and ``qwen_anatomy.loading.load_model``
     both read, holding also ``tokenizer.json``, ``train_config.yaml``, ``curves.json`` (loss, learning
     rate, exact match against steps and seconds), ``evaluation.json`` and ``run_record.json``.
-    ``init_from``: a checkpoint to fine-tune (its architecture replaces ``config['model']``).
+    ``init_from``: a checkpoint to fine-tune (its architecture replaces ``config['model']``); with
+    ``allow_pickle`` a checkpoint of pickle weights is read with ``weights_only=True`` (else refused).
     ``dryrun``: 1 epoch on 1,000 training samples, evaluation on 100 test samples.
     ``verbose``: print the Trainer's loss lines (False in notebooks: the curves are plotted instead).
     """
     import yaml
 
-    from ..runrecord import RunRecord, atomic_write_json, atomic_write_text, refuse_overwrite
+    from ..iochecks import check_output_dir, make_output_dir
+    from ..runrecord import RunRecord, atomic_write_json, atomic_write_text
     from .generators import read_task_file
+    from .vocab import check_range
 
     config = copy.deepcopy(config)
     if dryrun:
@@ -437,12 +522,24 @@ def train(
         config["training"]["eval_subset"] = min(config["training"]["eval_subset"], 100)
     validate_config(config)
     out_dir = Path(out_dir)
-    refuse_overwrite(out_dir, "output directory")
-    if init_from is not None:
-        from ..loading import resolve_model
-
-        resolve_model(init_from)  # fail early on a bad name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out_dir, "output directory")
+    if init_from is not None:  # config, weights, pickles and vocabulary, before anything is written
+        check_init_checkpoint(init_from, allow_pickle)
+    # the data are read and checked (every line's shape, the vocabulary) before anything is written
+    t_data = time.perf_counter()
+    train_file, test_file = data_files(config)
+    train_xs, train_ys = read_task_file(train_file, config["task"]["train_samples"])
+    test_xs, test_ys = read_task_file(test_file, config["task"]["test_samples"], one_length=True)
+    for rows, where in (
+        (train_xs, train_file),
+        (train_ys, train_file),
+        (test_xs, test_file),
+        (test_ys, test_file),
+    ):
+        check_range(rows, str(where))
+    overlap = len({tuple(x) for x in train_xs} & {tuple(x) for x in test_xs})
+    data_seconds = time.perf_counter() - t_data
+    make_output_dir(out_dir, "output directory")
     record = RunRecord(
         out_dir / "run_record.json",
         command="qwen_anatomy.tasks.train.train",
@@ -457,11 +554,7 @@ def train(
         import torch
 
         torch.set_num_threads(config["training"]["threads"])
-        with record.stage("data"):
-            train_file, test_file = data_files(config)
-            train_xs, train_ys = read_task_file(train_file, config["task"]["train_samples"])
-            test_xs, test_ys = read_task_file(test_file, config["task"]["test_samples"])
-            overlap = len({tuple(x) for x in train_xs} & {tuple(x) for x in test_xs})
+        record.data["stages"]["data"] = round(data_seconds, 4)
         with record.stage("import"):
             from transformers import Trainer, TrainingArguments, set_seed
 
@@ -470,7 +563,7 @@ def train(
 
         set_seed(config["training"]["seed"])
         if init_from is not None:
-            model, init_path = _load_init(init_from)
+            model, init_path = _load_init(init_from, allow_pickle)
             config["model"] = {**config["model"], **model_section_of(model)}
             record.data["parameters"]["init_from_resolved"] = str(init_path)
         else:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..paths import REPO_ROOT, cache_root
+from ..validate import read_config_json
 from . import safetensors_io as sio
 from .naming import classify
 from .safetensors_io import TensorEntry, WeightsError
@@ -146,11 +147,8 @@ def _open_dir(path: Path) -> Checkpoint:
     notes = []
     config = None
     cfg_file = path / "config.json"
-    if cfg_file.is_file():
-        try:
-            config = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as err:
-            raise WeightsError(f"{cfg_file} is not valid JSON ({err})") from None
+    if cfg_file.exists():
+        config = read_config_json(cfg_file)  # a JSON object; known fields typed and in range
         archs = config.get("architectures") or []
         if archs and not set(archs) & KNOWN_ARCHITECTURES:
             notes.append(f"architecture {archs} not recognised: analysed generically, block types by name")

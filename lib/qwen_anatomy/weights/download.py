@@ -41,7 +41,10 @@ def download(
     repo_id: str, out: str | os.PathLike, revision: str | None = None, timeout: float = 10.0
 ) -> Path:
     """Snapshot-download ``repo_id`` into ``out`` (safetensors only) and record the resolved revision."""
-    if "/" not in repo_id or repo_id.count("/") != 1 or Path(repo_id).exists():
+    import re
+
+    # the hub's own rule: owner/name, letters, digits, '-', '_', '.', at most 96 characters
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id) or len(repo_id) > 96 or Path(repo_id).exists():
         raise UserInputError(
             f"MODEL_ID {repo_id!r} is not a hub id like Qwen/Qwen2.5-0.5B; {LOCAL_ALTERNATIVE}"
         )

@@ -133,9 +133,17 @@ def embedding_report(
     k_grid = sorted(set(int(k) for k in k_grid))
     if not k_grid or k_grid[0] < 2:
         raise UserInputError("--k: give at least one K >= 2")
-    if k_grid[-1] >= n_total:
+    if n_total < 3:  # K >= 2 clusters need more rows than clusters
+        source = f"--max-rows {max_rows} leaves" if max_rows is not None else f"{ck.path} has"
         raise UserInputError(
-            f"--k {k_grid[-1]} is larger than the {n_total} embedding rows; choose K < {n_total}"
+            f"{source} {n_total} embedding row(s); clustering needs at least 3 (each K in 2..rows-1)"
+            + (": raise --max-rows" if max_rows is not None else "")
+        )
+    if k_grid[-1] >= n_total:
+        source = f" --max-rows {max_rows} leaves" if max_rows is not None else ""
+        raise UserInputError(
+            f"--k {k_grid[-1]} is larger than the {n_total} embedding rows{source} allow: each K must "
+            f"lie in 2..{n_total - 1}" + (" (or raise --max-rows)" if max_rows is not None else "")
         )
     if pca_dims is not None and not (0 < pca_dims <= emb_entry.shape[1]):
         raise UserInputError(
@@ -203,8 +211,13 @@ def embedding_report(
             z = z @ v[:, ::-1][:, :pca_dims]
         z = np.ascontiguousarray(z, dtype=np.float32)
         if k_grid[-1] >= z.shape[0]:
+            fix = (
+                f"each K must lie in 2..{z.shape[0] - 1}"
+                if z.shape[0] >= 3
+                else "too few to cluster: use more rows (--max-rows) or a checkpoint with a tokenizer covering them"
+            )
             raise UserInputError(
-                f"--k {k_grid[-1]} is larger than the {z.shape[0]} distinct token rows; choose K < {z.shape[0]}"
+                f"--k {k_grid[-1]} is too large: only {z.shape[0]} embedding rows are distinct tokens; {fix}"
             )
         timings["prepare"] = time.perf_counter() - t
         sweep, models = _sweep(z, k_grid, seed, silhouette_sample)

@@ -81,6 +81,15 @@ def read_gguf_header(path: str | Path, keep_arrays: bool = False) -> tuple[dict,
 
     path = Path(path)
     try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise WeightsError(f"{path} cannot be read ({err.strerror})") from None
+    if size < 24:  # magic, version, tensor count, key-value count
+        raise WeightsError(
+            f"{path} is {'empty' if not size else 'truncated'} ({size} bytes), not a GGUF file; "
+            "re-download it"
+        )
+    try:
         with open(path, "rb") as fh:
             mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as err:
@@ -132,10 +141,14 @@ def read_gguf_header(path: str | Path, keep_arrays: bool = False) -> tuple[dict,
             n_dims = take("<I")
             dims = [take("<Q") for _ in range(n_dims)]
             infos.append({"name": name, "dims": dims, "type": take("<I"), "offset": take("<Q")})
-        align = int(meta.get("general.alignment", 32))
+        align = meta.get("general.alignment", 32)
+        if not (isinstance(align, int) and 0 < align <= 1 << 20):
+            raise WeightsError(f"{path}: general.alignment={align!r} is not a positive integer; corrupt file")
         data_start = pos + (-pos % align)
     except struct.error:
         raise WeightsError(f"{path} is truncated inside its GGUF header; re-download it") from None
+    except (RecursionError, MemoryError, OverflowError):
+        raise WeightsError(f"{path} has a corrupt GGUF header (nonsense sizes); re-download it") from None
     finally:
         mm.close()
     return meta, infos, data_start
@@ -162,6 +175,10 @@ class GGUFCheckpoint:
                 raise WeightsError(
                     f"{self.path}: tensor {info['name']} has unknown ggml type {info['type']}"
                 ) from None
+            if qtype not in GGML_QUANT_SIZES or not info["dims"]:
+                raise WeightsError(
+                    f"{self.path}: tensor {info['name']} has no dimensions or no known block size"
+                )
             block, type_size = GGML_QUANT_SIZES[qtype]
             dims = [int(d) for d in info["dims"]]
             shape = tuple(reversed(dims))  # GGUF lists ne0 (the contiguous, column axis) first

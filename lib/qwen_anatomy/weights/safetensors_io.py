@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UserInputError
+from ..validate import CheckpointError
 
 # bytes per element of each safetensors dtype
 DTYPE_BYTES = {
@@ -59,7 +59,7 @@ NUMPY_DTYPES = {
 MAX_HEADER_BYTES = 100_000_000  # the format's own limit
 
 
-class WeightsError(UserInputError):
+class WeightsError(CheckpointError):
     """A checkpoint that cannot be analysed as given (the message names the file and the fix)."""
 
 
@@ -121,31 +121,21 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
 def file_entries(path: str | os.PathLike) -> tuple[list[TensorEntry], dict]:
     """Tensor entries of one safetensors file (header order) and its ``__metadata__``.
 
-    Raises WeightsError when an entry's byte range disagrees with its dtype and shape, or reaches
-    past the end of the file (a truncated download).
+    Raises a CheckpointError when an entry's dtype, shape or byte range is malformed or disagrees
+    (:func:`qwen_anatomy.validate.tensor_header_entry`), when two tensors overlap, or when one
+    reaches past the end of the file (a truncated download).
     """
+    from ..validate import tensor_header_entry
+
     path = Path(path)
     header, start = read_header(path)
     size = path.stat().st_size
     meta = header.pop("__metadata__", {}) or {}
+    if not isinstance(meta, dict):
+        raise WeightsError(f"{path}: __metadata__ is not an object; the header is corrupt")
     entries = []
     for name, info in header.items():
-        try:
-            dtype = info["dtype"]
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise WeightsError(f"{path}: header entry {name!r} lacks dtype/shape/data_offsets") from None
-        if dtype not in DTYPE_BYTES:
-            raise WeightsError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
-        numel = 1
-        for s in shape:
-            numel *= s
-        if end - begin != numel * DTYPE_BYTES[dtype] or begin < 0:
-            raise WeightsError(
-                f"{path}: header lies about {name!r}: {dtype}{list(shape)} needs "
-                f"{numel * DTYPE_BYTES[dtype]} bytes but data_offsets span {end - begin}"
-            )
+        dtype, shape, begin, end = tensor_header_entry(path, name, info)
         if start + end > size:
             raise WeightsError(
                 f"{path} is truncated: tensor {name!r} ends at byte {start + end} but the file has "
@@ -157,23 +147,21 @@ def file_entries(path: str | os.PathLike) -> tuple[list[TensorEntry], dict]:
             )
         )
     entries.sort(key=lambda e: e.offset)
+    for before, after in zip(entries, entries[1:], strict=False):
+        if after.offset < before.offset + before.nbytes:
+            raise WeightsError(
+                f"{path}: tensors {before.name!r} and {after.name!r} overlap in the data; the header is "
+                "corrupt: re-save or re-download the checkpoint"
+            )
     return entries, meta
 
 
 def weight_files(directory: Path) -> list[Path]:
     """The safetensors files of a directory: the shards its index names, or every *.safetensors."""
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise WeightsError(f"{index} is not a valid shard index (needs a 'weight_map' object)") from None
-        shards = list(dict.fromkeys(weight_map.values()))
-        missing = [s for s in shards if not (directory / s).is_file()]
-        if missing:
-            raise WeightsError(f"{index} names shard(s) that are missing: {missing}; re-download them")
-        return [directory / s for s in shards]
-    return sorted(directory.glob("*.safetensors"))
+    from ..validate import shard_files
+
+    shards = shard_files(directory)  # the index checked: a weight_map of existing shard file names
+    return shards if shards is not None else sorted(directory.glob("*.safetensors"))
 
 
 def checkpoint_tensors(directory: str | os.PathLike) -> list[TensorEntry]:
@@ -183,17 +171,16 @@ def checkpoint_tensors(directory: str | os.PathLike) -> list[TensorEntry]:
     index says (a mismatch is an error, not a guess).
     """
     directory = Path(directory)
+    from ..validate import pickle_files, read_json, refuse_pickles
+
     files = weight_files(directory)
     if not files:
-        pickles = sorted(directory.glob("*.bin")) + sorted(directory.glob("*.pt"))
-        hint = (
-            f" (it holds pickle weights {pickles[0].name}: convert them to safetensors first)"
-            if pickles
-            else ""
-        )
-        raise WeightsError(f"{directory} holds no *.safetensors weights{hint}")
+        pickles = pickle_files(directory)
+        if pickles:  # header-only readers never unpickle, so there is no flag to allow them
+            refuse_pickles(directory, pickles, flag=None)
+        raise WeightsError(f"{directory} holds no *.safetensors weights")
     index = directory / "model.safetensors.index.json"
-    weight_map = json.loads(index.read_text())["weight_map"] if index.is_file() else None
+    weight_map = read_json(index)["weight_map"] if index.is_file() else None
     entries: list[TensorEntry] = []
     for f in files:
         found, _ = file_entries(f)

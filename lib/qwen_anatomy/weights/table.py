@@ -297,10 +297,14 @@ def analyse(
     if threads < 1:
         raise UserInputError(f"--threads {threads}: must be >= 1")
     if out is not None:
+        from ..iochecks import check_output_file
+
         table_format(out)
         out = Path(out)
-        if out.exists():
-            raise UserInputError(f"{out} already exists; choose another --out or remove it first")
+        # the table, its run record and its resumable partial file: checked before any tensor is read
+        check_output_file(
+            out, "--out", derived=_sidecars(out), allow=[_sidecars(out)[1]], records=[_sidecars(out)[0]]
+        )
     t0 = time.perf_counter()
     ck = open_checkpoint(spec)
     entries = select_entries(ck, include, max_tensors)
@@ -315,25 +319,30 @@ def analyse(
     }
     if out is None:
         return _run(ck, entries, spectra, threads, progress, None, {}, {"header": header_seconds})
+    from ..iochecks import read_run_record, set_aside_failed_records
     from ..runrecord import RunRecord
 
-    partial = out.with_name(out.name + ".partial.jsonl")
-    record_path = out.with_name(out.name + ".run.json")
+    record_path, partial = _sidecars(out)
     done: dict[str, dict] = {}
     if partial.exists():
-        old = json.loads(record_path.read_text()) if record_path.is_file() else {}
-        old_params = old.get("parameters", {})
+        if not partial.is_file():
+            raise UserInputError(f"{partial} (the resume file of --out {out}) is not a file; remove it")
+        old = read_run_record(record_path) if record_path.is_file() else {}
+        old_params = old.get("parameters") if isinstance(old.get("parameters"), dict) else {}
         if any(old_params.get(k) != params[k] for k in ("model_path", "spectra", "include", "max_tensors")):
             raise UserInputError(
                 f"{partial} holds rows of a run with other options ({old_params}); rerun with the same "
                 "options to resume, or remove it"
             )
-        for line in partial.read_text().splitlines():
+        # damaged lines (cut by the interruption, or garbled) are skipped: those tensors run again
+        for line in partial.read_bytes().decode("utf-8", errors="replace").splitlines():
             try:
                 r = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line cut by the interruption: that tensor is analysed again
-            done[r["name"]] = r
+                continue
+            if isinstance(r, dict) and isinstance(r.get("name"), str):
+                done[r["name"]] = r
+    set_aside_failed_records([record_path])  # the interrupted run's record is kept, renamed
     from . import stats
 
     with RunRecord(record_path, command or "qwen-anatomy params", params, seed=None) as record:
@@ -359,6 +368,11 @@ def analyse(
         record.data["rows"] = len(df)
         record.data["parameters_total"] = int(df["numel"].sum())
     return df
+
+
+def _sidecars(out: Path) -> tuple[Path, Path]:
+    """(run record, resumable partial rows) written beside the table ``out``."""
+    return out.with_name(out.name + ".run.json"), out.with_name(out.name + ".partial.jsonl")
 
 
 def _run(ck, entries, spectra, threads, progress, partial, done, timings):

@@ -1,0 +1,379 @@
+"""Loading, verdicts and sentences of chapter 50_causal_heads, computed from the saved suites.
+
+The chapter reads the committed suites under ``data/results/causal/`` through :func:`load_suite` in
+every build (book and CI): a missing suite fails with the command that regenerates it instead of
+leaving a section out. Every comparison it prints (who wins on which set, which threshold is best,
+whether the OvR probabilities have settled, how many models the budget bought) comes from the
+functions here, tested on hand-made inputs in ``tests/test_causal_report.py`` (ties, NaN metrics,
+missing variants, a single run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+
+from .experiments import DEFAULTS, RESULTS_ROOT, SUITES, all_results, metrics_table, suite_variants, winners
+
+METRIC_LABELS = {"num_f1": "<NUM> F1", "mae": "MAE", "coverage95": "95% coverage"}
+# A one-vs-rest head is calibrated when its probabilities sum to about 1 at a position: this band.
+SUM_P_BAND = (0.5, 2.0)
+# The step-0 model must reproduce the base next-token distribution to this tolerance (tests require it).
+STEP0_TOL = 1e-6
+
+
+class SavedSuite(NamedTuple):
+    """One saved run of a suite: its ``results.json``, its folder and its ``run_record.json``."""
+
+    results: dict
+    path: Path
+    record: dict
+
+
+def _nan(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def regenerate_command(suite: str, model: str) -> str:
+    return f"qwen-anatomy causal suite --suite {suite} --model {model}"
+
+
+def _check(results: dict, path: Path) -> None:
+    variants = results.get("variants")
+    if not variants:
+        raise ValueError(f"{path / 'results.json'} holds no variant")
+    for v in variants:
+        for key in ("name", "kind", "log", "metrics", "train_seconds"):
+            if key not in v:
+                raise ValueError(f"{path / 'results.json'}: variant {v.get('name')!r} has no {key!r}")
+        if not v["log"] or not v["metrics"]:
+            raise ValueError(f"{path / 'results.json'}: variant {v['name']!r} has an empty log or no metrics")
+
+
+def load_runs(suite: str, model: str, root: str | Path = RESULTS_ROOT) -> list[SavedSuite]:
+    """Every successful saved run of ``suite`` on ``model``, oldest first, each checked for the keys
+    the chapter reads; FileNotFoundError naming the regeneration command when there is none."""
+    if suite not in SUITES:
+        raise ValueError(f"suite {suite!r}: use one of {SUITES}")
+    found = []
+    for results, path in all_results(suite, model, root):
+        _check(results, path)
+        found.append(SavedSuite(results, path, json.loads((path / "run_record.json").read_text())))
+    if not found:
+        raise FileNotFoundError(
+            f"no saved `{suite}` results for `{model}` under {root}: regenerate them with "
+            f"`{regenerate_command(suite, model)}` plus the settings listed in data/results/causal/README.md"
+        )
+    return found
+
+
+def load_suite(suite: str, model: str, root: str | Path = RESULTS_ROOT) -> SavedSuite:
+    """The newest successful saved run of ``suite`` on ``model`` (see :func:`load_runs`)."""
+    return load_runs(suite, model, root)[-1]
+
+
+def suite_description(saved: SavedSuite) -> str:
+    """Which run the tables come from, and its budget."""
+    cfg = saved.results["config"]
+    return (
+        f"`{saved.results['suite']}` on `{cfg['model']}`: {cfg['steps']} steps of batch {cfg['batch_size']} at "
+        f"learning rate {cfg['lr']:g} ({cfg.get('lr_pretrained') or cfg['lr']:g} for the copied head matrices), "
+        f"{cfg['n_eval']} texts per evaluation set, from `{saved.path.name}`."
+    )
+
+
+def winner_sentences(results: dict) -> str:
+    """One Markdown bullet per evaluation set: CausalQwen against the baseline on each metric
+    (from :func:`qwen_anatomy.causal.experiments.winners`: ties and undefined values are said so)."""
+    lines: dict[str, list[str]] = {}
+    for row in winners(results):
+        label = METRIC_LABELS[row["metric"]]
+        if row["winner"] == "undefined":
+            text = f"{label}: undefined for at least one model (no number predicted correctly)"
+        else:
+            text = f"{label} {row['CausalQwen']:.3g} vs {row['baseline']:.3g} ({row['winner']})"
+        lines.setdefault(row["set"], []).append(text)
+    return "\n".join(f"- **{s}**: " + "; ".join(parts) for s, parts in lines.items())
+
+
+def near_one(sum_p: float, band: tuple[float, float] = SUM_P_BAND) -> bool:
+    """Is a median sum of OvR probabilities in the calibrated band (open interval)? NaN is not."""
+    return not _nan(sum_p) and band[0] < sum_p < band[1]
+
+
+def live_training_sentence(log: list[dict], steps: int) -> str:
+    """How the median sum of OvR probabilities and the scale of U moved over a training log."""
+    first, final = log[0], log[-1]
+    return (
+        f"After {steps} steps the median sum of OvR probabilities went from {first['median_sum_p']:.3g} to "
+        f"{final['median_sum_p']:.3g} ("
+        + (
+            "close to 1, as a calibrated one-vs-rest head should be"
+            if near_one(final["median_sum_p"])
+            else "not yet near 1: more steps are needed"
+        )
+        + f"), and the median scale of U from {first['median_scale_u']:.3g} to {final['median_scale_u']:.3g}."
+    )
+
+
+def settled_sentence(results: dict) -> str:
+    """Has the (first) CausalQwen variant of a suite reached the regime where the sums are about 1?"""
+    causal = next(v for v in results["variants"] if v["kind"] == "causal")
+    first, last = causal["log"][0], causal["log"][-1]
+    return (
+        f"After {results['config']['steps']} steps the CausalQwen head's median sum of OvR "
+        f"probabilities is {last['median_sum_p']:.3g} (it started at {first['median_sum_p']:.3g}), "
+        f"and its batch token accuracy {last['token_accuracy']:.2f}. "
+        + (
+            "The head has reached the regime where the probabilities sum to about 1."
+            if near_one(last["median_sum_p"])
+            else "The head has not reached the regime where the probabilities sum to about 1: this "
+            "comparison measures an unfinished CausalQwen against a baseline whose softmax needs no such "
+            "reshaping, at a budget set by the CPU. The comparison suite below reports whether the sums "
+            "reach 1 from other thresholds."
+        )
+    )
+
+
+def step0_sentence(
+    diff_logits: float, diff_probs: float, n_texts: int, n_positions: int, extra_rows: bool
+) -> str:
+    """Step 0 against the base model: the largest logit and probability differences, against the tolerance."""
+    return (
+        f"On {n_texts} sentences without numbers ({n_positions} positions) the largest difference "
+        f"between the step-0 locations and the base logits is {diff_logits:.1e}, and between the two next-token "
+        f"distributions {diff_probs:.1e} ("
+        + ("within" if diff_probs <= STEP0_TOL else "outside")
+        + f" the {STEP0_TOL:g} the tests require). "
+        + (
+            "The extra `<NUM>` column is the mean-embedding row the base model does not have; the comparison is "
+            "over the base vocabulary."
+            if extra_rows
+            else "`<NUM>` uses a row the base model already has, so the two distributions cover the same tokens."
+        )
+    )
+
+
+def threshold_effect_sentence(
+    thresholds: list[float], sums: list[float], agree: list[float], median_scale: float
+) -> str:
+    """At step 0: the threshold whose OvR argmax agrees most often with the base argmax (the first
+    on ties), and how the median sum of probabilities falls across the grid."""
+    best = max(range(len(agree)), key=agree.__getitem__)
+    return (
+        f"Here the median class scale at step 0 is {median_scale:.0f}, so thresholds below it barely move the "
+        f"probabilities. The OvR argmax agrees with the base argmax most often at C = {thresholds[best]:g} "
+        f"({agree[best]:.0%} of positions), and the median sum of probabilities falls from {sums[0]:.0f} "
+        f"(C = {thresholds[0]:g}) to {sums[-1]:.3g} (C = {thresholds[-1]:g})."
+    )
+
+
+def history_table(runs: list[SavedSuite]) -> pd.DataFrame:
+    """Every saved run of a suite, one row per variant: budget, clipping, mean F1 and accuracy, MAE."""
+    rows = []
+    for saved in runs:
+        cfg = saved.results["config"]
+        for v in saved.results["variants"]:
+            metrics = v["metrics"].values()
+            rows.append(
+                {
+                    "run": saved.path.name,
+                    "steps": cfg["steps"],
+                    "lr": cfg["lr"],
+                    "lr_pretrained": cfg.get("lr_pretrained") or cfg["lr"],
+                    "clip": cfg.get("clip", "global"),  # runs before the clip setting clipped globally
+                    "model": v["name"],
+                    "mean <NUM> F1": sum(m["num_f1"] for m in metrics) / len(metrics),
+                    "mean accuracy": sum(m["accuracy"] for m in metrics) / len(metrics),
+                    "final median sum P_k": v["log"][-1]["median_sum_p"],
+                    "MAE (basic set)": v["metrics"].get("basic", {}).get("mae", float("nan")),
+                    "MAE (qa set)": v["metrics"].get("qa", {}).get("mae", float("nan")),
+                    "train seconds": v["train_seconds"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def clip_sentence(history: pd.DataFrame) -> str | None:
+    """CausalQwen's MAE with a global clip against per-parameter clipping (the newest run of each);
+    None unless both kinds of run were saved."""
+    if history.empty:
+        return None
+    causal = history[history["model"] == "CausalQwen"]
+    last = {c: g.iloc[-1] for c, g in causal.groupby("clip")}
+    if not {"global", "per_parameter"} <= set(last):
+        return None
+    g, p = last["global"], last["per_parameter"]
+    return (
+        f"CausalQwen's mean absolute error on the basic and QA sets: {g['MAE (basic set)']:.3g} and "
+        f"{g['MAE (qa set)']:.3g} with a global clip ({g['steps']} steps), "
+        f"{p['MAE (basic set)']:.3g} and {p['MAE (qa set)']:.3g} clipped per parameter "
+        f"({p['steps']} steps). (The batch regression losses in the training logs are too noisy "
+        "to compare: each batch holds a handful of numbers.)"
+    )
+
+
+def baseline_mean_f1(reference: dict, sets) -> float:
+    """The baseline's <NUM> F1 of ``reference`` (a basic/comprehensive results dict) averaged over ``sets``;
+    NaN when the reference lacks one of the sets."""
+    base = next(v for v in reference["variants"] if v["kind"] == "baseline")["metrics"]
+    sets = list(dict.fromkeys(sets))
+    if not sets or any(s not in base for s in sets):
+        return float("nan")
+    return sum(base[s]["num_f1"] for s in sets) / len(sets)
+
+
+def suite_summary(results: dict, reference: dict | None = None) -> tuple[pd.DataFrame, str]:
+    """The metrics table of a variant suite and its sentence: best and worst mean <NUM> F1 over the
+    sets, the lowest MAE on the QA set (the first set if there is no QA set), and how many variants
+    beat the baseline of ``reference`` (its mean F1 over the same sets)."""
+    table = metrics_table(results, ("num_f1", "mae", "coverage95", "accuracy", "ece"))
+    mean_f1 = table.groupby("variant", sort=False)["num_f1"].mean().dropna()
+    sets = list(dict.fromkeys(table["set"]))
+    mae_set = "qa" if "qa" in sets else sets[0]
+    # MAE on the question/answer set, where the answer can be copied from the context (the extreme set's
+    # errors, in the thousands, would swamp a mean over sets)
+    qa_mae = table[table["set"] == mae_set].set_index("variant")["mae"].dropna()
+    if mean_f1.empty:
+        text = "No variant has a defined <NUM> F1. "
+    elif mean_f1.max() == mean_f1.min():
+        text = f"Every variant has the same mean <NUM> F1 over the sets ({mean_f1.max():.3f}). "
+    else:
+        text = (
+            f"Best mean <NUM> F1 over the sets: **{mean_f1.idxmax()}** ({mean_f1.max():.3f}; worst "
+            f"{mean_f1.idxmin()}, {mean_f1.min():.3f}). "
+        )
+    if len(qa_mae):
+        text += f"Lowest MAE on the {mae_set} set: **{qa_mae.idxmin()}** ({qa_mae.min():.3g})."
+    else:
+        text += "No variant predicted a number correctly, so MAE is undefined for all of them."
+    if reference is not None:
+        ref_f1 = baseline_mean_f1(reference, sets)
+        if _nan(ref_f1):
+            text += " The baseline was not evaluated on the same sets, so no variant is compared with it."
+        else:
+            beat = [name for name, f1 in mean_f1.items() if f1 > ref_f1]
+            text += f" The baseline's mean F1 on the same sets is {ref_f1:.3f}; " + (
+                f"{len(beat)} of {len(mean_f1)} variants beat it." if beat else "no variant beats it."
+            )
+    return table, text
+
+
+def variant_pivot(table: pd.DataFrame) -> pd.DataFrame:
+    """<NUM> F1, MAE and coverage of a :func:`suite_summary` table: one row per variant, one column per
+    (metric, set), variants in suite order."""
+    return table.pivot_table(
+        index="variant", columns="set", values=["num_f1", "mae", "coverage95"], sort=False
+    )
+
+
+def threshold_sums(results: dict) -> pd.DataFrame:
+    """Median sum of OvR probabilities at step 0 and after training, per threshold variant."""
+    rows = {
+        v["name"]: {
+            "median sum P_k at step 0": v["log"][0]["median_sum_p"],
+            "after training": v["log"][-1]["median_sum_p"],
+        }
+        for v in results["variants"]
+        if v["name"].startswith("threshold=")
+    }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def threshold_sentence(results: dict, default_threshold: float) -> str:
+    """Which threshold of the comparison suite gives the best mean <NUM> F1 (the first on ties),
+    whether that is the library default, and how many threshold runs end with sums near 1."""
+    table = metrics_table(results, ("num_f1",))
+    thr = table[table["variant"].str.startswith("threshold=")]
+    f1 = thr.groupby("variant", sort=False)["num_f1"].mean().dropna()
+    default = f"threshold={default_threshold:g}"
+    if f1.empty:
+        return f"The library default is {default}; no threshold run has a defined <NUM> F1."
+    best = f1.idxmax()
+    ties = [name for name, x in f1.items() if x == f1.max()]
+    sums = threshold_sums(results)["after training"]
+    near = sum(near_one(x) for x in sums)
+    if default in ties:
+        verdict = (
+            ", which is the default." if len(ties) == 1 else f", tied with the default ({', '.join(ties)})."
+        )
+    else:
+        verdict = f" (the default: {f1.get(default, float('nan')):.3f})."
+    return (
+        f"The library default is {default}; among the thresholds tried, **{best}** gives the best mean <NUM> "
+        f"F1 ({f1.max():.3f}){verdict} After training, {near} of {len(sums)} threshold runs have a median sum "
+        f"of OvR probabilities between {SUM_P_BAND[0]:g} and {SUM_P_BAND[1]:g}."
+    )
+
+
+def trained_models(results: dict) -> int:
+    """Models a saved run actually trained: variants not marked ``same_as`` another."""
+    return sum("same_as" not in v for v in results["variants"])
+
+
+def seconds_per_step(results: dict) -> list[float]:
+    """Each trained variant's training wall time per step (the run record's machine, its load included)."""
+    steps = results["config"]["steps"]
+    return [v["train_seconds"] / steps for v in results["variants"] if "same_as" not in v]
+
+
+def budget_sentence(
+    saved: dict[str, SavedSuite], earlier: list[SavedSuite] = (), longest: str = "comprehensive"
+) -> str:
+    """The budgets of the saved suites the chapter reads (``{suite: SavedSuite}``), from their records:
+    the backbone, the machine, the measured seconds per step (over ``earlier`` runs too, such as the
+    older runs the chapter shows beside the newest), the steps of ``longest`` against the others, the
+    models the others trained, and the comparison grid against the library default."""
+    others = {s: v for s, v in saved.items() if s != longest}
+    every = list({v.path: v for v in [*saved.values(), *earlier]}.values())
+    per_step = [x for v in every for x in seconds_per_step(v.results)]
+    cores = sorted({v.record.get("machine", {}).get("cpu_count") for v in every} - {None})
+    models = sorted({v.results["backbone"]["model"] for v in every})
+    text = (
+        f"The saved suites ran on {', '.join(f'`{m}`' for m in models)}, on a "
+        f"{'/'.join(map(str, cores)) or 'unrecorded'}-core machine; a training step took "
+        f"{min(per_step):.1f}–{max(per_step):.1f} s (train seconds over steps in the {len(every)} saved runs), so "
+        "the budgets are small."
+    )
+    if longest in saved and others:
+        long_steps = saved[longest].results["config"]["steps"]
+        other_steps = sorted({v.results["config"]["steps"] for v in others.values()})
+        n_models = sum(trained_models(v.results) for v in others.values())
+        text += (
+            f" The {longest} suite trains each model for {long_steps} steps; the other "
+            f"{len(others)} suites train {n_models} models between them for "
+            f"{'/'.join(map(str, other_steps))} steps each."
+        )
+    if "comparison" in saved:
+        res = saved["comparison"].results
+        default_grid = len(suite_variants("comparison", DEFAULTS, res["backbone"]["hidden_size"]))
+        n = len(res["variants"])
+        size = "smaller than" if n < default_grid else "as large as" if n == default_grid else "larger than"
+        text += f" The comparison grid has {n} variants, {size} the library default's {default_grid}."
+    return text
+
+
+def head_sizes_sentence(saved: dict[str, SavedSuite]) -> str:
+    """The copied matrices' sizes on the saved runs' backbone, and the learning rates the runs used."""
+    first = next(iter(saved.values())).results["backbone"]
+    h = first["hidden_size"]
+    rates = sorted(
+        {
+            (v.results["config"].get("lr_pretrained") or v.results["config"]["lr"], v.results["config"]["lr"])
+            for v in saved.values()
+        }
+    )
+    rate_txt = "; ".join(
+        f"{lrp:g} for the copied matrices and {lr:g} for everything new"
+        if lrp != lr
+        else f"{lr:g} for every matrix"
+        for lrp, lr in rates
+    )
+    return (
+        f"On `{first['model']}` the class head has {first['vocab_size']:,} rows of {h} entries and the identity "
+        f"abduction is {h} × {h}. The saved runs trained at {rate_txt} (from their configurations)."
+    )
