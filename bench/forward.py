@@ -1,13 +1,21 @@
 """Forward and cached-generation speed: our Qwen2 against transformers (eager and sdpa), one process.
 
 Models: a random-weight model of the exact Qwen2.5-0.5B shape (built locally, never downloaded) and
-the real SmolLM2-135M. Workloads: forward over 1x512 and 4x128 tokens; greedy generation of 128 new
-tokens with a KV cache from a 16-token prompt. Implementations are timed in interleaved order
-(ours, eager, sdpa, ours, ...) so that background load hits all of them alike; the median of the
-repetitions is reported, with ratios ours / transformers-sdpa.
+the real SmolLM2-135M, in float32; and the real Qwen2 ``qwen2.5-coder-0.5b`` (the built-in, its
+GGUF dequantised once to float32) in float32 and bfloat16, each side loaded the way its users load
+it (ours: ``load_model(..., dtype=)``; transformers: ``from_pretrained(..., dtype=)``, so its RoPE
+frequencies stay float32). Workloads: forward over 1x512 and 4x128 tokens (the real Qwen2: 1x512);
+greedy generation of 128 new tokens with a KV cache from a 16-token prompt. Implementations are
+timed in interleaved order (ours, eager, sdpa, ours, ...) so that background load hits all of them
+alike; the median of the repetitions is reported, with ratios ours / transformers-sdpa. For the
+real Qwen2 one transformers model serves both attention implementations (switched between calls),
+which keeps two copies of the weights in memory instead of three.
 
-    .venv/bin/python bench/forward.py [--reps 5] [--gen-reps 3] [--models qwen2.5-0.5b-shape,smollm2-135m]
-                                      [--out bench/results/forward.json]
+    .venv/bin/python bench/forward.py [--reps 5] [--gen-reps 3] [--gen-tokens 128]
+                                      [--models qwen2.5-0.5b-shape,smollm2-135m,qwen2.5-coder-0.5b]
+                                      [--dtypes float32,bfloat16] [--out bench/results/forward.json]
+
+``--dtypes`` applies to the real Qwen2 (the other two rows are float32 only, as before).
 """
 
 from __future__ import annotations
@@ -21,16 +29,47 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+REAL_QWEN2 = "qwen2.5-coder-0.5b"
+MODELS = ("qwen2.5-0.5b-shape", "smollm2-135m", REAL_QWEN2)
+FORWARD_SHAPES = {REAL_QWEN2: [(1, 512)]}  # the others: 1x512 and 4x128
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def build_models(name: str):
+class AttentionSwitch:
+    """One transformers model called under one attention implementation (weights shared)."""
+
+    def __init__(self, model, implementation: str) -> None:
+        self.model, self.implementation = model, implementation
+
+    def _set(self):
+        self.model.config._attn_implementation = self.implementation  # read at every forward
+        return self.model
+
+    def __call__(self, **kwargs):
+        return self._set()(**kwargs)
+
+    def generate(self, *args, **kwargs):
+        return self._set().generate(*args, **kwargs)
+
+
+def build_models(name: str, dtype: torch.dtype = torch.float32):
     """(ours, transformers eager, transformers sdpa) sharing the same weights."""
     import transformers
 
     from qwen_anatomy.config import QWEN2_5_0_5B
-    from qwen_anatomy.loading import load_model
+
+    transformers.utils.logging.disable_progress_bar()
+    from qwen_anatomy.loading import load_model, resolve_model
     from qwen_anatomy.model import Qwen2ForCausalLM
 
+    if name == REAL_QWEN2:
+        ours, _ = load_model(name, dtype=dtype)
+        ref = transformers.AutoModelForCausalLM.from_pretrained(
+            str(resolve_model(name)), dtype=dtype, attn_implementation="sdpa"
+        ).eval()
+        return ours, AttentionSwitch(ref, "eager"), AttentionSwitch(ref, "sdpa")
+    if dtype != torch.float32:
+        raise SystemExit(f"{name} is benchmarked in float32 only; --dtypes applies to {REAL_QWEN2}")
     if name == "qwen2.5-0.5b-shape":
         ours = Qwen2ForCausalLM(QWEN2_5_0_5B).init_weights(seed=0).eval()
         cls, cfg_cls = transformers.Qwen2ForCausalLM, transformers.Qwen2Config
@@ -38,7 +77,7 @@ def build_models(name: str):
         ours, _ = load_model(name)
         cls, cfg_cls = transformers.LlamaForCausalLM, transformers.LlamaConfig
     else:
-        raise SystemExit(f"unknown benchmark model {name!r}: use qwen2.5-0.5b-shape or smollm2-135m")
+        raise SystemExit(f"unknown benchmark model {name!r}: use {', '.join(MODELS)}")
     refs = {}
     for impl in ("eager", "sdpa"):
         ref = cls(cfg_cls(**ours.config.to_hf_dict()))
@@ -75,21 +114,30 @@ def greedy(kind: str, model, prompt: torch.Tensor, new_tokens: int) -> list[int]
     return out[0, prompt.shape[1] :].tolist()
 
 
-def run(models: list[str], reps: int, gen_reps: int, gen_tokens: int = 128) -> dict:
+def run(models: list[str], reps: int, gen_reps: int, gen_tokens: int = 128, dtypes=("float32",)) -> dict:
     from qwen_anatomy.runrecord import environment
 
     torch.manual_seed(0)
     results = {"environment": environment(), "torch_threads": torch.get_num_threads(), "models": {}}
-    for name in models:
-        ours, eager, sdpa = build_models(name)
+    rows = [(name, "float32") for name in models if name != REAL_QWEN2]
+    rows += [(REAL_QWEN2, dt) for dt in dtypes if REAL_QWEN2 in models]
+    for name, dtype_name in rows:
+        key_name = name if name != REAL_QWEN2 else f"{name}/{dtype_name}"
+        ours, eager, sdpa = build_models(name, DTYPES[dtype_name])
         vocab = ours.config.vocab_size
         impls = {"ours": ours, "transformers_eager": eager, "transformers_sdpa": sdpa}
-        entry: dict = {"parameters": sum(p.numel() for p in ours.parameters()), "workloads": {}}
+        entry: dict = {
+            "parameters": sum(p.numel() for p in ours.parameters()),
+            "dtype": dtype_name,
+            "workloads": {},
+        }
         with torch.no_grad():
-            for batch, length in [(1, 512), (4, 128)]:
+            for batch, length in FORWARD_SHAPES.get(name, [(1, 512), (4, 128)]):
                 ids = torch.randint(0, vocab, (batch, length))
                 logits = {k: forward(m, ids) for k, m in impls.items()}  # warm-up, and a parity check
-                max_diff = max((logits[k] - logits["ours"]).abs().max().item() for k in impls)
+                diffs = {k: (logits[k] - logits["ours"]).abs().max().item() for k in impls if k != "ours"}
+                scale = logits["transformers_eager"].abs().max().item()
+                del logits
                 times = {k: [] for k in impls}
                 for _ in range(reps):
                     for k, m in impls.items():
@@ -97,8 +145,13 @@ def run(models: list[str], reps: int, gen_reps: int, gen_tokens: int = 128) -> d
                         forward(m, ids)
                         times[k].append(time.perf_counter() - start)
                 key = f"forward_{batch}x{length}"
-                entry["workloads"][key] = summarise(times, extra={"max_abs_logit_diff": max_diff})
-                print(f"{name} forward {batch}x{length}: {fmt(entry['workloads'][key])}", flush=True)
+                extra = {
+                    "max_abs_logit_diff": max(diffs.values()),
+                    "max_abs_logit_diff_by_implementation": diffs,  # bfloat16: 0 vs sdpa (same operations)
+                    "max_abs_logit": scale,
+                }
+                entry["workloads"][key] = summarise(times, extra=extra)
+                print(f"{key_name} forward {batch}x{length}: {fmt(entry['workloads'][key])}", flush=True)
 
             prompt = torch.randint(0, vocab, (1, 16))
             outputs, times = {}, {k: [] for k in impls}
@@ -112,9 +165,10 @@ def run(models: list[str], reps: int, gen_reps: int, gen_tokens: int = 128) -> d
             key = f"generate_{gen_tokens}"
             entry["workloads"][key] = summarise(times, extra={"same_tokens_as_ours": same})
             print(
-                f"{name} greedy generation of {gen_tokens} tokens: {fmt(entry['workloads'][key])}", flush=True
+                f"{key_name} greedy generation of {gen_tokens} tokens: {fmt(entry['workloads'][key])}",
+                flush=True,
             )
-        results["models"][name] = entry
+        results["models"][key_name] = entry
         del ours, eager, sdpa, impls
     return results
 
@@ -142,25 +196,36 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--gen-reps", type=int, default=3)
-    parser.add_argument("--gen-tokens", type=int, default=128)
-    parser.add_argument("--models", default="qwen2.5-0.5b-shape,smollm2-135m")
+    parser.add_argument("--reps", type=int, default=5, help="timed forward passes per implementation")
+    parser.add_argument("--gen-reps", type=int, default=3, help="timed generations (after one warm-up)")
+    parser.add_argument("--gen-tokens", type=int, default=128, help="new tokens per generation")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument(
+        "--dtypes", default="float32,bfloat16", help=f"dtypes of the {REAL_QWEN2} rows (float32, bfloat16)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "forward.json")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
     args = parser.parse_args(argv)
     if args.reps < 1 or args.gen_reps < 1 or args.gen_tokens < 1:
         parser.error("--reps, --gen-reps and --gen-tokens must be positive")
+    models, dtypes = args.models.split(","), args.dtypes.split(",")
+    for name in models:
+        if name not in MODELS:
+            parser.error(f"--models: unknown model {name!r}; use some of {', '.join(MODELS)}")
+    for dt in dtypes:
+        if dt not in DTYPES:
+            parser.error(f"--dtypes: {dt!r}; use some of {', '.join(DTYPES)}")
     from qwen_anatomy.runrecord import atomic_write_json, utc_now
 
     start = utc_now()
-    results = run(args.models.split(","), args.reps, args.gen_reps, args.gen_tokens)
+    results = run(models, args.reps, args.gen_reps, args.gen_tokens, dtypes)
     results.update(
         {
             "start_time": start,
             "end_time": utc_now(),
             "reps": args.reps,
             "gen_reps": args.gen_reps,
+            "gen_tokens": args.gen_tokens,
             "note": args.note,
         }
     )

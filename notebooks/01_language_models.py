@@ -19,12 +19,13 @@
 # $$p(x_1, \dots, x_L) = \prod_{i=1}^{L} p(x_i \mid x_{<i}),$$
 #
 # so a model that predicts the next token well is a model of the whole sequence. This chapter measures
-# each idea on a real model, SmolLM2-135M (the same architecture as Qwen2, without q/k/v biases), and
-# compares it with an n-gram model trained here, on the same tokens. The functions used live in
-# `qwen_anatomy.lm` and `qwen_anatomy.sampling`.
+# each idea on a real Qwen2, Qwen2.5-Coder-0.5B-Instruct (the model of chapter 2), and compares it
+# with an n-gram model trained here, on the same tokens. The functions used live in `qwen_anatomy.lm`
+# and `qwen_anatomy.sampling`.
 
 # %% tags=["parameters"]
-model_name = "smollm2-135m"  # a built-in name, a checkpoint directory or a .gguf file
+model = "qwen2.5-coder-0.5b"  # a built-in name, a checkpoint directory or a .gguf file
+llama_model = "smollm2-135m"  # a model with another tokenizer, scored on the same text per byte
 ngram_order = 3  # highest n-gram order trained (1 = unigram)
 add_k = 0.05  # add-k smoothing of the n-gram model
 seed = 0  # which documents are held out
@@ -46,8 +47,8 @@ from qwen_anatomy.experiments import save_metrics
 from qwen_anatomy.loading import load_model
 
 torch.manual_seed(seed)
-model, tok = load_model(model_name)
-print(f"{model_name}: {model.config.num_hidden_layers} layers, vocabulary {tok.vocab_size:,} tokens")
+transformer, tok = load_model(model)
+print(f"{model}: {transformer.config.num_hidden_layers} layers, vocabulary {tok.vocab_size:,} tokens")
 
 # %% [markdown]
 # ## The chain rule: scoring a sentence
@@ -62,7 +63,7 @@ words = sentence.rstrip(".").split()
 rng = np.random.default_rng(seed)
 scrambled = " ".join(rng.permutation(words)) + "."
 scores = {
-    label: lm.score_text(model, tok, text)
+    label: lm.score_text(transformer, tok, text)
     for label, text in [("grammatical", sentence), ("scrambled", scrambled)]
 }
 for label, s in scores.items():
@@ -93,12 +94,13 @@ display(
 # Generation draws the next token from $p$. Dividing the logits by a temperature $T$ gives
 # $p_T(x) \propto p(x)^{1/T}$: $T \to 0$ is the greedy argmax, $T = 1$ is the model's own
 # distribution, large $T$ flattens towards uniform. Top-k keeps the $k$ most likely tokens; top-p
-# (nucleus) keeps the smallest set whose mass reaches $p$.
+# (nucleus) keeps the smallest set whose mass reaches $p$. (Token labels are printed with Python's
+# `ascii`: Qwen2's vocabulary holds many Chinese tokens, shown as `\u` escapes.)
 
 # %%
 prompt = "The capital of France is"
 with torch.no_grad():
-    logits = model(torch.tensor([tok.encode(prompt)])).logits[0, -1]
+    logits = transformer(torch.tensor([tok.encode(prompt)])).logits[0, -1]
 temperatures = [0.25, 0.5, 1.0, 2.0, 5.0]
 top = torch.topk(logits, 12).indices
 fig, axes = plotting.figure(ncols=2, width=6.0, height=3.4)
@@ -106,7 +108,7 @@ ax = axes[0, 0]
 for t in temperatures:
     p = sampling.temperature_probs(logits, t)
     ax.plot(range(len(top)), p[top].numpy(), marker="o", label=f"T = {t}")
-ax.set_xticks(range(len(top)), [repr(tok.decode([int(i)])) for i in top], rotation=70, fontsize=8)
+ax.set_xticks(range(len(top)), [ascii(tok.decode([int(i)])) for i in top], rotation=70, fontsize=8)
 plotting.label(ax, "next token (most likely first)", "probability", f"next token after {prompt!r}")
 ax.legend()
 grid = np.geomspace(0.05, 50, 40)
@@ -187,10 +189,10 @@ heldout_ids = tok.encode(heldout_text)[:max_eval_tokens]
 print(corpus_info)
 print(f"n-gram training tokens: {len(train_ids):,}; held-out tokens scored: {len(heldout_ids):,}")
 
-tf_nll, tf_count = lm.corpus_nll(model, heldout_ids, window=window)
+tf_nll, tf_count = lm.corpus_nll(transformer, heldout_ids, window=window)
 results = [
     {
-        "model": f"{model_name} (transformer)",
+        "model": f"{model} (transformer)",
         "order": None,
         "tokens": tf_count,
         "ppl": math.exp(tf_nll / tf_count),
@@ -236,6 +238,66 @@ display(
         + f"but {len(train_ids):,} training tokens cannot compete with a model pretrained on trillions."
     )
 )
+
+# %% [markdown]
+# ## Per token or per byte: the tokenizer sets the unit
+#
+# Perplexity is counted per *token*, and tokenizers cut the same text differently. Qwen2's tokenizer
+# is a byte-level BPE with 151,936 entries, trained on much code and many languages; SmolLM2's, also
+# byte-level BPE, has 49,152. A larger vocabulary has longer tokens on average, so the same text
+# becomes fewer, individually harder predictions: the per-token perplexities of two models with
+# different tokenizers are not comparable, even on the same text. (The n-gram models above share the
+# transformer's tokenizer, so that comparison is fair.) Dividing the summed loss by the bytes of
+# text instead gives **bits per byte**, which does not depend on how the text was cut. We score the
+# held-out text above with both models, each with its own tokenizer and a context of `window` of its
+# own tokens.
+
+# %%
+scored_text = tok.decode(heldout_ids)
+llama, llama_tok = load_model(llama_model)
+llama_ids = llama_tok.encode(scored_text)
+llama_nll, llama_count = lm.corpus_nll(llama, llama_ids, window=window)
+per_byte = pd.DataFrame(
+    [
+        {
+            "model": name,
+            "vocabulary": t.vocab_size,
+            "tokens": len(ids_),
+            "characters per token": len(scored_text) / len(ids_),
+            "perplexity per token": math.exp(nll / count),
+            "bits per token": nll / count / math.log(2),
+            "bits per byte": lm.bits_per_byte(nll, lm.predicted_bytes(t, ids_, window)),
+        }
+        for name, t, ids_, nll, count in [
+            (model, tok, heldout_ids, tf_nll, tf_count),
+            (llama_model, llama_tok, llama_ids, llama_nll, llama_count),
+        ]
+    ]
+).set_index("model")
+per_byte = per_byte[~per_byte.index.duplicated()]  # one row when model and llama_model are the same
+per_byte
+
+# %% tags=["hide-input"]
+ours, other = per_byte.loc[model], per_byte.loc[llama_model]
+better_per_token = model if ours["perplexity per token"] < other["perplexity per token"] else llama_model
+better_per_byte = model if ours["bits per byte"] < other["bits per byte"] else llama_model
+display(
+    Markdown(
+        f"On these {len(scored_text):,} characters {model}'s tokenizer makes {int(ours['tokens']):,} tokens "
+        f"({ours['characters per token']:.2f} characters each) and {llama_model}'s {int(other['tokens']):,} "
+        f"({other['characters per token']:.2f}). Per token, the perplexities are {ours['perplexity per token']:.1f} "
+        f"and {other['perplexity per token']:.1f}; per byte, {ours['bits per byte']:.3f} and "
+        f"{other['bits per byte']:.3f} bits. "
+        + (
+            f"Both units rank {better_per_byte} first, "
+            if better_per_token == better_per_byte
+            else f"The units disagree: per token {better_per_token} looks better, per byte {better_per_byte} is, "
+        )
+        + "and only the per-byte numbers measure the two models on the same footing."
+        if llama_model != model
+        else f"({model} is also `llama_model` here: choose another `llama_model` to compare two tokenizers.)"
+    )
+)
 metrics_file = save_metrics(
     {
         "transformer_ppl": transformer_ppl,
@@ -244,5 +306,8 @@ metrics_file = save_metrics(
         "unigram_ppl": float(ppl[ppl["order"] == 1]["ppl"].iloc[0]),
         "heldout_tokens": int(tf_count),
         "grammatical_minus_scrambled_bits": float(ratio_bits),
+        "transformer_bits_per_byte": float(ours["bits per byte"]),
+        "llama_bits_per_byte": float(other["bits per byte"]),
+        "llama_ppl": float(other["perplexity per token"]),
     }
 )

@@ -18,6 +18,9 @@
 # of about 400 lines whose parameter names equal the checkpoint keys, so loading a checkpoint is a
 # checked copy. We print the library's own source rather than a copy of it: what you read is what
 # runs. The unit tests (`tests/test_model_parity.py`) repeat every comparison on a grid of configs.
+# The last sections load the real Qwen2.5-Coder-0.5B-Instruct into it (and SmolLM2-135M, a Llama),
+# and measure what sets a trained Qwen2 apart: its q/k/v biases, massive activations and attention
+# sinks (`qwen_anatomy/anatomy.py`).
 #
 # Shapes use one vocabulary throughout: B batch, T positions, D hidden size, H query heads,
 # K key/value heads, d head dimension, V vocabulary.
@@ -381,7 +384,7 @@ display(
     )
 )
 del hf_model  # 2.5 GB of float32 we no longer need
-gc.collect()
+_ = gc.collect()
 
 # %% [markdown]
 # ## One implementation, two families
@@ -426,7 +429,7 @@ display(
     )
 )
 del llama
-gc.collect()
+_ = gc.collect()
 
 # %% [markdown]
 # ## What the model attends to
@@ -584,23 +587,31 @@ print(
 # and zeroing the k biases changes nothing beyond float rounding; with RoPE it changes the logits.
 
 # %%
-probe = text_ids[:1, :32]
-no_rotation = torch.zeros_like(probe)
+# A Llama-family checkpoint (model = "smollm2-135m", say) has no q/k/v biases: the bias cells then
+# say so and skip, and the massive-activation and sink sections below still run.
+has_bias = bool(real_model.config.attention_bias)
 rows = []
-with torch.no_grad():
-    for rotation, positions in (("RoPE off (every position 0)", no_rotation), ("RoPE on", None)):
-        full = real_model(probe, position_ids=positions).logits
-        for projection in ("k", "q"):
-            with anatomy.zeroed_biases(real_model, (projection,)):
-                zeroed = real_model(probe, position_ids=positions).logits
-            rows.append(
-                {
-                    "rotation": rotation,
-                    "bias zeroed": projection,
-                    "max |Δ logit|": (zeroed - full).abs().max().item(),
-                }
-            )
-pd.DataFrame(rows).pivot(index="rotation", columns="bias zeroed", values="max |Δ logit|")
+if has_bias:
+    probe = text_ids[:1, :32]
+    no_rotation = torch.zeros_like(probe)
+    with torch.no_grad():
+        for rotation, positions in (("RoPE off (every position 0)", no_rotation), ("RoPE on", None)):
+            full = real_model(probe, position_ids=positions).logits
+            for projection in ("k", "q"):
+                with anatomy.zeroed_biases(real_model, (projection,)):
+                    zeroed = real_model(probe, position_ids=positions).logits
+                rows.append(
+                    {
+                        "rotation": rotation,
+                        "bias zeroed": projection,
+                        "max |Δ logit|": (zeroed - full).abs().max().item(),
+                    }
+                )
+    display(pd.DataFrame(rows).pivot(index="rotation", columns="bias zeroed", values="max |Δ logit|"))
+else:
+    display(
+        Markdown(f"{model} has no q/k/v biases (a Llama-family checkpoint): the bias sections are skipped.")
+    )
 
 # %% [markdown]
 # How large are the biases? For every head we divide the norm of its bias by the median norm of
@@ -608,37 +619,41 @@ pd.DataFrame(rows).pivot(index="rotation", columns="bias zeroed", values="max |�
 # typical activation), and we zero the biases of every layer to see what the loss says.
 
 # %%
-biases = anatomy.bias_table(real_model, residual)
-bias_losses = anatomy.bias_ablation(real_model, text_ids, baseline=baseline_losses)
-bias_effects = anatomy.difference_table(bias_losses, n_boot=n_boot, seed=seed)
-fig = anatomy.plot_biases(biases, bias_effects)
+if has_bias:
+    biases = anatomy.bias_table(real_model, residual)
+    bias_losses = anatomy.bias_ablation(real_model, text_ids, baseline=baseline_losses)
+    bias_effects = anatomy.difference_table(bias_losses, n_boot=n_boot, seed=seed)
+    fig = anatomy.plot_biases(biases, bias_effects)
+
 # %% [markdown]
 # Left: one marker per head and layer; look at the k heads (red squares) of the first layers, far
 # above the dashed line where the bias equals the typical activation. Right: the loss change when
 # the biases of every layer are zeroed, with its 95% bootstrap interval.
 
 # %% tags=["hide-input"]
-v_offsets = anatomy.v_bias_offsets(real_model).norm(dim=-1)
-embed_rms = residual[0].pow(2).mean().sqrt()
-k_first = biases[(biases["projection"] == "k") & (biases["layer"] == 0)]
-display(Markdown(anatomy.bias_sentence(biases, bias_effects)))
-display(
-    Markdown(
-        f"In layer 0 the keys are almost pure bias (k-bias norms {k_first['ratio'].min():.0f} to "
-        f"{k_first['ratio'].max():.0f} times the median $\\|W_k x\\|$): there, which key a query picks depends on "
-        "the query and the distance, hardly on the key's content. The v biases add constant vectors of norm "
-        f"{v_offsets.min():.1f} to {v_offsets.max():.1f} per layer (largest in layer {int(v_offsets.argmax())}) "
-        f"to every position, against an embedding rms of {embed_rms:.3f} per coordinate "
-        f"(norm {embed_rms * cfg_real.hidden_size**0.5:.1f}); the layers after them expect those offsets, which is "
-        "why removing them costs so much."
+if has_bias:
+    v_offsets = anatomy.v_bias_offsets(real_model).norm(dim=-1)  # [L]
+    stream_norm = residual[1:, :, 1:].norm(dim=-1).flatten(1).median(1).values  # [L], first position left out
+    v_share = v_offsets / stream_norm
+    k_first = biases[(biases["projection"] == "k") & (biases["layer"] == 0)]
+    display(Markdown(anatomy.bias_sentence(biases, bias_effects)))
+    display(
+        Markdown(
+            f"In layer 0 the keys are almost pure bias (k-bias norms {k_first['ratio'].min():.0f} to "
+            f"{k_first['ratio'].max():.0f} times the median $\\|W_k x\\|$): there, which key a query picks depends on "
+            "the query and the distance, hardly on the key's content. The v biases add one constant vector per layer "
+            f"to every position, of norm {v_offsets.min():.1f} to {v_offsets.max():.1f}; relative to the median norm of "
+            f"the residual stream leaving the layer it is largest in layer {int(v_share.argmax())} "
+            f"({v_share.max():.0%}). Zeroing them removes all these offsets at once, and the loss shows how much the "
+            "later layers rely on them."
+        )
     )
-)
 
 # %% [markdown]
 # ### Massive activations
 #
 # Sun et al. (2024) found a handful of activations in the residual stream of large language models
-# that are about 10,000 times larger than the median: in fixed dimensions, at the first token (and
+# that are up to about 10,000 times larger than the median: in fixed dimensions, at the first token (and
 # in some models at the first delimiter such as "." or "\n"), nearly constant from the layer where
 # they appear to the last layers, and acting like biases the attention relies on. For each layer
 # we take the residual stream after it over all sequences, positions and dimensions, and record the
@@ -649,6 +664,7 @@ delimiters = anatomy.delimiter_mask(tok, text_ids)
 extremes = anatomy.extremes_table(residual[1:], delimiters)
 top_layer = int(extremes.loc[extremes["top1"].idxmax(), "layer"])
 fig = anatomy.plot_massive(extremes, residual[top_layer + 1], top_layer)
+
 # %% [markdown]
 # Left: the three largest $|h|$ and the median per layer, on a log scale; look at the jump of the
 # top entries by two orders of magnitude from one layer to the next while the median stays put.
@@ -660,7 +676,7 @@ display(Markdown(anatomy.massive_sentence(extremes, token_text)))
 massive_dims = anatomy.recurring_dimensions(anatomy.massive_dimensions(residual[1:]))
 display(
     extremes[
-        ["layer", "top1", "median", "ratio", "position", "dim", "rest_max", "rest_position", "delimiter_max"]
+        ["layer", "top1", "median", "ratio", "position", "dim", "second_max", "rest_max", "delimiter_max"]
     ]
     .round(2)
     .set_index("layer")
@@ -709,6 +725,7 @@ sink_effects = {
     for from_query in (1, evict_from)
 }
 fig = anatomy.plot_sinks(shares, sink_effects)
+
 # %% [markdown]
 # Left: the mean attention each head (rows) of each layer (columns) gives the first position; look
 # at where the bright columns begin. Right: the loss change over the affected predictions when the
@@ -722,11 +739,15 @@ hidden_residual = anatomy.residual_stream(
 )
 second_before = residual[top_layer + 1, :2, 1].abs().max()
 second_after = hidden_residual[top_layer + 1, :, 1].abs().max()
+hide_all, evict = (
+    sink_effects[q].set_index("arm").loc["first position hidden", "difference"] for q in (1, evict_from)
+)
 display(
     Markdown(
-        "Why hiding the first token from everything costs so little: the second token then sees only itself, as "
-        f"a first token does, and becomes the new sink. After layer {top_layer} its largest $|h|$ grows from "
-        f"{second_before:.1f} to {second_after:.1f} (in the first two sequences): the massive activation moves to "
-        "it. Only the eviction, which leaves no token to take over, shows how much the model leans on its sink."
+        f"Hiding the first token from every later query costs {hide_all:+.3f} nats per token; evicting it from the "
+        f"queries from position {evict_from} on costs {evict:+.3f}. In the first design the second token sees only "
+        f"itself, as a first token does, and takes over: after layer {top_layer} its largest $|h|$ grows from "
+        f"{second_before:.1f} to {second_after:.1f} (first two sequences), the massive activation has moved to it. "
+        "The eviction leaves no token to take over."
     )
 )

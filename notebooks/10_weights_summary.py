@@ -22,16 +22,17 @@
 # any data, then reads one tensor at a time, in row chunks, accumulating statistics in float64. It
 # never builds the model, so it runs on checkpoints far larger than memory.
 #
-# The default model is the book's built-in SmolLM2-135M-Instruct. It ships as a GGUF file, and we
-# analyse **the tensors as stored there**: 4-bit Q4_1 matrices, an 8-bit Q8_0 embedding, float32
-# norms, dequantised one by one through the `gguf` package. llama.cpp renames tensors
-# (`blk.0.attn_q.weight`) and permutes the rows of the q and k projections for its rotary layout;
-# the table maps names back to Hugging Face keys and undoes the permutation (a row permutation
-# changes neither the value distribution nor the singular values). A reader with their own
-# Qwen2.5-0.5B passes its directory as `model`.
+# The default model is the book's real Qwen2, the built-in Qwen2.5-Coder-0.5B-Instruct; `model` takes
+# any other built-in name, checkpoint directory or `.gguf` file. A built-in model ships as a GGUF file,
+# and we analyse **the tensors as stored there** (4- to 8-bit block formats, float32 norms and biases),
+# dequantised one by one through the `gguf` package; the `dtype` column says which format each tensor
+# is stored in. llama.cpp renames tensors (`blk.0.attn_q.weight`) and, for Llama-family models, permutes
+# the rows of the q and k projections for its rotary layout; the table maps names back to Hugging Face
+# keys and undoes the permutation (a row permutation changes neither the value distribution nor the
+# singular values).
 
 # %% tags=["parameters"]
-model = "smollm2-135m"  # built-in name, checkpoint directory or .gguf file
+model = "qwen2.5-coder-0.5b"  # built-in name, checkpoint directory or .gguf file
 spectra = "gram"  # none, gram or exact
 include = None  # regex on tensor names (None: every tensor)
 null_layers = None  # layers of the random null model (None: as many as the trained model)
@@ -46,6 +47,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
+from qwen_anatomy.modelnames import model_label
 from qwen_anatomy.weights import plots, quant, synthetic
 from qwen_anatomy.weights.checkpoint import open_checkpoint
 from qwen_anatomy.weights.table import analyse, describe, format_describe
@@ -64,6 +66,9 @@ summary = describe(model)
 header_seconds = time.perf_counter() - t
 print(format_describe(summary))
 print(f"\nheader-only summary in {header_seconds:.2f} s")
+
+# %% tags=["hide-input"]
+display(Markdown(f"This page analyses **{model_label(model)}** (`model = {model!r}`)."))
 
 # %% [markdown]
 # ## The table
@@ -97,8 +102,12 @@ display(
         f"The embedding holds **{emb_share:.1%}** of the analysed parameters, the MLP matrices "
         f"**{mlp_share:.1%}** and attention **{attn_share:.1%}**. "
         + (
-            "In a model this small the vocabulary table is a large slice of the whole, which is why "
-            "tying the LM head to it (one matrix, two uses) matters."
+            "In a model this small the vocabulary table is a large slice of the whole, "
+            + (
+                "which is why tying the LM head to it (one matrix, two uses) matters."
+                if summary["tying"].startswith("tied")
+                else "and this model stores its LM head as a second matrix of the same size (untied)."
+            )
             if emb_share > 0.15
             else "The layer stack, not the vocabulary table, dominates."
         )
@@ -136,27 +145,30 @@ display(
 # %% [markdown]
 # ## What 4-bit quantisation does to the values
 #
-# In Q4_1 each block of 32 consecutive values of a row is stored as a scale $d$, a minimum $m$ and
-# 32 four-bit codes $q \in \{0,\dots,15\}$: $x \approx d\,q + m$. So a block holds at most 16
-# distinct values on an evenly spaced grid. We check that on the stored tensors, then re-quantise
-# the 8-bit (Q8_0) embedding to Q4_1 with `gguf`'s own quantiser to see what 4 bits do to a trained
-# distribution whose 8-bit version we have.
+# GGUF stores a matrix in blocks of consecutive values of a row, each block with its own scale (and,
+# in some formats, its own minimum) and one small integer code per value. In the 4-bit formats a block
+# of 32 values has 16 codes to choose from, so it holds at most 16 distinct values on an evenly spaced
+# grid. We check that on the stored tensors of the model's 4-bit format, if it has one, then re-quantise
+# the embedding to Q4_1 with `gguf`'s own quantiser to see what 4 bits do to a trained distribution
+# whose higher-precision version we have.
 
 # %%
 ck = open_checkpoint(model)
-q4 = [e for e in ck.entries if e.dtype == "Q4_1"]
-if q4:
+q4_type = quant.four_bit_type(e.dtype for e in ck.entries)
+if q4_type is not None:
+    q4 = [e for e in ck.entries if e.dtype == q4_type]
     entry = next((e for e in q4 if "mlp.up_proj" in e.name), q4[0])
     w = ck.read(entry)
     levels = quant.levels_per_block(w)
     block0 = w[0, :32]
+    display(Markdown(f"{model_label(model)} stores {len(q4)} tensors as {quant.format_rule(q4_type)}."))
     print(f"{entry.name} ({entry.dtype}): {levels.size:,} blocks; distinct values per block: max {levels.max()}, "
           f"median {np.median(levels):.0f}; {np.mean(levels == 16):.1%} of blocks use all 16 levels")  # fmt: skip
     print(f"first block: {np.unique(block0).size} levels, grid step {quant.grid_step(block0):.3g}")
-    fig = plots.quant_block(block0, f"{entry.name}: first 32 values of row 0 (Q4_1)")
+    fig = plots.quant_block(block0, f"{entry.name}: first 32 values of row 0 ({q4_type})")
     assert levels.max() <= 16
 else:
-    print(f"{model} stores no Q4_1 tensors ({sorted(set(df['dtype']))}): nothing quantised to inspect")
+    print(f"{model} stores no 4-bit tensors ({sorted(set(df['dtype']))}): nothing quantised to inspect")
 
 # %%
 emb_entry = ck.find("embedding")
@@ -174,19 +186,21 @@ if emb_entry is not None and ck.format == "gguf":
     kurt_change = compare.iloc[2, 1] - compare.iloc[2, 0]
     display(
         Markdown(
-            f"On the first {rows} embedding rows, 4-bit re-quantisation leaves a relative Frobenius error "
+            f"The embedding of {model_label(model)} is stored as {quant.format_rule(emb_entry.dtype)}. "
+            f"On its first {rows} rows, 4-bit re-quantisation leaves a relative Frobenius error "
             f"of **{rel_err:.1%}**; excess kurtosis moves by {kurt_change:+.2f} and the exact-zero share "
             f"goes from {compare.iloc[3, 0]:.2%} to {compare.iloc[3, 1]:.2%}. "
             + (
                 "Values pile onto a few grid points per block, so exact zeros (and near-zeros) multiply."
                 if compare.iloc[3, 1] > compare.iloc[3, 0]
-                else "Exact zeros become rarer: Q4_1's grid starts at each block's minimum m, so 0 is "
-                "rarely one of its 16 points, while Q8_0's symmetric grid (x = d·q) contains 0."
+                else f"Exact zeros become rarer: {quant.zero_change_reason(emb_entry.dtype, 'Q4_1')}."
+                if compare.iloc[3, 1] < compare.iloc[3, 0]
+                else "The exact-zero share does not change."
             )
         )
     )
     fig = plots.value_histograms(
-        {"stored": e8.ravel(), "Q4_1": e4.ravel()}, title="Embedding values, 8-bit vs 4-bit"
+        {"stored": e8.ravel(), "Q4_1": e4.ravel()}, title=f"Embedding values, {emb_entry.dtype} vs Q4_1"
     )
 else:
     print("the 4-bit comparison needs a GGUF checkpoint with an embedding; skipped for this model")

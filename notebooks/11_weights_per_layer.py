@@ -37,7 +37,7 @@
 # very heavy-tailed.
 
 # %% tags=["parameters"]
-model = "smollm2-135m"  # built-in name, checkpoint directory or .gguf file
+model = "qwen2.5-coder-0.5b"  # built-in name, checkpoint directory or .gguf file
 spectra = "gram"  # gram or exact (this chapter needs spectra)
 include = None  # regex on tensor names (None: every tensor)
 low_rank_energy_ratio = (
@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
+from qwen_anatomy.modelnames import model_label
 from qwen_anatomy.weights import plots, stats
 from qwen_anatomy.weights.checkpoint import open_checkpoint
 from qwen_anatomy.weights.table import analyse
@@ -68,6 +69,9 @@ mats["stable_rank_ratio"] = mats["stable_rank"] / mats["design_rank"]
 mats["effective_rank_ratio"] = mats["effective_rank"] / mats["design_rank"]
 layers = sorted(int(x) for x in df["layer"].dropna().unique())
 print(f"{len(df)} tensors ({len(mats)} matrices with spectra) over {len(layers)} layers in {seconds:.1f} s")
+
+# %% tags=["hide-input"]
+display(Markdown(f"This page analyses **{model_label(model)}** (`model = {model!r}`)."))
 
 # %% [markdown]
 # ## Distribution statistics by layer
@@ -99,9 +103,17 @@ if trend:
 # %% [markdown]
 # ## Spectral metrics by layer
 #
-# Ratios to the design rank put the 576 x 576 and 192 x 576 matrices on one scale.
+# Ratios to the design rank put matrices of different shapes on one scale.
 
 # %%
+shapes = mats.groupby("shape")["block_type"].agg(lambda b: ", ".join(sorted(set(b))))
+display(
+    Markdown(
+        f"The {len(mats)} matrices come in {len(shapes)} shapes: "
+        + "; ".join(f"{shape.replace('x', ' x ')} ({types})" for shape, types in shapes.items())
+        + "."
+    )
+)
 fig = plots.by_layer(mats, "stable_rank_ratio", "stable rank / design rank", "Stable rank by layer")
 fig = plots.by_layer(mats, "energy_rank_90_ratio", "energy rank (90 %) / design rank", "Energy rank by layer")
 fig = plots.layer_heatmap(mats, "effective_rank_ratio", "effective rank / design rank", "Effective rank")

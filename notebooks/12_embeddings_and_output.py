@@ -13,8 +13,10 @@
 # %% [markdown]
 # # The embedding and the output layer
 #
-# The embedding matrix has one row per vocabulary id; in a tied model (SmolLM2, Qwen2.5-0.5B) the
-# same matrix also scores every token at the output. This chapter reads it row by row: norms, rows
+# The embedding matrix has one row per vocabulary id; in a tied model (SmolLM2, Qwen2.5-0.5B as
+# released) the same matrix also scores every token at the output, while an untied one (the built-in
+# Qwen2.5-Coder GGUF stores its output layer apart) has a second matrix, compared with the first at the
+# end. This chapter reads it row by row: norms, rows
 # that belong to no token, exact duplicates, rows whose small norm marks them as candidates for
 # under-trained tokens, how anisotropic the cloud of rows is, how many principal directions carry
 # its variance, and which groups of tokens it clusters into.
@@ -29,7 +31,7 @@
 # Library: `qwen_anatomy.weights.embeddings.embedding_report`; command: `qwen-anatomy embeddings`.
 
 # %% tags=["parameters"]
-model = "smollm2-135m"  # built-in name, checkpoint directory or .gguf file
+model = "qwen2.5-coder-0.5b"  # built-in name, checkpoint directory or .gguf file
 k_grid = [8, 16, 32, 64, 128, 256]
 pca_dims = 128
 max_rows = None  # None: every row
@@ -42,6 +44,7 @@ import time
 import pandas as pd
 from IPython.display import Markdown, display
 
+from qwen_anatomy.modelnames import model_label
 from qwen_anatomy.weights import plots
 from qwen_anatomy.weights.embeddings import embedding_report
 
@@ -57,6 +60,9 @@ s = report.summary
 rows = report.rows
 print(f"{s['embedding']} ({s['embedding_dtype']}, {s['shape'][0]} x {s['shape'][1]}), {s['rows_analysed']} rows analysed "
       f"in {seconds:.1f} s; tokenizer size {s['tokenizer_size']}; tied: {s['tied']}")  # fmt: skip
+
+# %% tags=["hide-input"]
+display(Markdown(f"This page reads the embedding of **{model_label(model)}** (`model = {model!r}`)."))
 
 # %% [markdown]
 # ## Row norms, rows without a token, duplicates

@@ -16,8 +16,9 @@
 # Are the heads that matter most for a task the ones whose weights move most when the model is
 # fine-tuned for it? This chapter measures both for every head of a small Qwen2, before (θ0) and
 # after (θ1) fine-tuning on a new task, with several fine-tuning seeds, and reports every statistic
-# next to its chance level. A second section asks a narrower question on the real SmolLM2-135M: can
-# cheap gradient quantities rank all its heads the way true ablation does?
+# next to its chance level. A second section asks a narrower question on a real pretrained model (the
+# `model` parameter; by default the book's Qwen2, Qwen2.5-Coder-0.5B-Instruct): can cheap gradient
+# quantities rank all its heads the way true ablation does?
 #
 # The original experiment (DeBERTa-v3-base fine-tuned on MNLI) had six problems, each fixed here:
 #
@@ -43,10 +44,10 @@ live_train_samples = 20000
 live_eval_examples = 256
 n_boot = 300  # bootstrap resamples of evaluation examples
 n_perm = 2000  # permutations per p-value
-smol_model = "smollm2-135m"
-smol_examples = 12  # standard-library docstrings used as real English text
-smol_tokens = 40  # tokens per text
-smol_ablate_heads = 30  # heads truly ablated (spread over the layers); gradients cover all 270
+model = "qwen2.5-coder-0.5b"  # the real model of the last section: built-in name, directory or .gguf
+real_examples = 12  # standard-library docstrings used as real English text
+real_tokens = 40  # tokens per text
+real_ablate_heads = 30  # heads truly ablated (spread over the layers); gradients cover every head
 seed = 0
 
 # %%
@@ -65,6 +66,7 @@ from qwen_anatomy.heads.core import head_layout
 from qwen_anatomy.heads.data import stdlib_texts, text_batch
 from qwen_anatomy.heads.experiment import HeadsExperiment, load_results, run
 from qwen_anatomy.loading import REPO_ROOT, load_model
+from qwen_anatomy.modelnames import model_label
 
 results_dir = REPO_ROOT / results_dir  # an absolute parameter stays as given
 
@@ -226,51 +228,54 @@ finding = report.synthetic_finding(res, pair_table, validity_mean, lay.n_heads_t
 display(Markdown("**Finding.** On this model, " + finding))
 
 # %% [markdown]
-# ## The real SmolLM2 at θ0 on real text
+# ## A real pretrained model on real text
 #
-# Here there is no θ1, so the question is narrower: do the gradient proxies, which cost one forward
+# Here the model is a released checkpoint (`model`) rather than θ0, and there is no θ1, so the question is narrower: do the gradient proxies, which cost one forward
 # and one backward pass for *all* heads, rank heads the way true ablation does? The text is real
 # English installed offline: the docstrings of Python standard-library modules. True zero ablation is
 # run for a subset of heads, one or more per layer, chosen at random with the notebook's seed.
 
 # %%
-smol, smol_tok = load_model(smol_model)
-slay = head_layout(smol)
-texts = stdlib_texts(smol_examples, seed=seed)
-sbatch = text_batch(texts, smol_tok, max_tokens=smol_tokens)
-print(
-    f"{smol_model}: {slay.num_layers} layers x {slay.num_heads} query heads ({slay.num_kv_heads} KV groups of "
-    f"{slay.group_size}): N = {slay.n_heads_total} heads"
+real, real_tok = load_model(model)
+rlay = head_layout(real)
+texts = stdlib_texts(real_examples, seed=seed)
+rbatch = text_batch(texts, real_tok, max_tokens=real_tokens)
+display(
+    Markdown(
+        f"This section runs on **{model_label(model)}** (`model = {model!r}`): {rlay.num_layers} layers x "
+        f"{rlay.num_heads} query heads ({rlay.num_kv_heads} KV groups of {rlay.group_size}), "
+        f"N = {rlay.n_heads_total} heads."
+    )
 )
 rng = np.random.default_rng(seed)
-per_layer = int(np.ceil(smol_ablate_heads / slay.num_layers))
+per_layer = int(np.ceil(real_ablate_heads / rlay.num_layers))
 chosen = []
-for layer in np.linspace(0, slay.num_layers - 1, min(smol_ablate_heads, slay.num_layers)).round().astype(int):
-    for h in rng.choice(slay.num_heads, size=per_layer, replace=False):
-        chosen.append(int(layer) * slay.num_heads + int(h))
-chosen = sorted(set(chosen))[:smol_ablate_heads]
-sm = measure(smol, sbatch, "zero", heads=chosen, groups=False, batch_size=8, replicas=9)
-sstats = compute_stats(sm, n_perm=n_perm, n_boot=n_boot, seed=seed)
-print(f"{len(sbatch)} texts x ≤ {smol_tokens} tokens; baseline loss {sm.loss.mean():.3f} nats/token")
-print(f"gradient proxies for all {slay.n_heads_total} heads; true ablation for {len(chosen)} heads")
-svalid = pd.DataFrame(sstats["proxy_validity"])[
+for layer in np.linspace(0, rlay.num_layers - 1, min(real_ablate_heads, rlay.num_layers)).round().astype(int):
+    for h in rng.choice(rlay.num_heads, size=per_layer, replace=False):
+        chosen.append(int(layer) * rlay.num_heads + int(h))
+chosen = sorted(set(chosen))[:real_ablate_heads]
+rm = measure(real, rbatch, "zero", heads=chosen, groups=False, batch_size=8, replicas=9)
+rstats = compute_stats(rm, n_perm=n_perm, n_boot=n_boot, seed=seed)
+print(f"{len(rbatch)} texts x ≤ {real_tokens} tokens; baseline loss {rm.loss.mean():.3f} nats/token")
+print(f"gradient proxies for all {rlay.n_heads_total} heads; true ablation for {len(chosen)} heads")
+rvalid = pd.DataFrame(rstats["proxy_validity"])[
     ["proxy", "n", "rho", "p_perm", "rho_within_layer_demeaned", "topk_overlap", "topk_chance"]
 ]
-svalid["proxy"] = svalid["proxy"].map(PROXY_LABELS)
-display(svalid)
+rvalid["proxy"] = rvalid["proxy"].map(PROXY_LABELS)
+display(rvalid)
 
 # %%
-smol_table = head_table(sm)
-fig = plots.heatmaps(smol_table, ["G_pre", "neg_Eg_pre", "snr_pre", "norm_pre"], slay.num_layers, slay.num_heads,
+real_table = head_table(rm)
+fig = plots.heatmaps(real_table, ["G_pre", "neg_Eg_pre", "snr_pre", "norm_pre"], rlay.num_layers, rlay.num_heads,
                      ncols=4)  # fmt: skip
 fig2, ax = plotting.figure(width=5.2, height=4.0)
-abl = smol_table.iloc[chosen]
+abl = real_table.iloc[chosen]
 ax.scatter(abl["neg_Eg_pre"], abl["I_pre"], c=abl["layer"], cmap="viridis")
 lim = [min(abl["neg_Eg_pre"].min(), abl["I_pre"].min()), max(abl["neg_Eg_pre"].max(), abl["I_pre"].max())]
 ax.plot(lim, lim, color="grey", lw=1, label="y = x")
 ax.legend()
 plotting.label(ax, "−E[g] (first-order estimate, nats)", "ablation Δloss (nats)",
-               "SmolLM2: first-order estimate against true ablation")  # fmt: skip
+               f"{model_label(model)}: first-order estimate against true ablation")  # fmt: skip
 
 # %% [markdown]
 # The heat maps cover all heads (layers down, heads across); the scatter puts each ablated
@@ -278,4 +283,4 @@ plotting.label(ax, "−E[g] (first-order estimate, nats)", "ablation Δloss (nat
 # mean the linear estimate is exact.
 
 # %% tags=["remove-input"]
-display(Markdown("**Finding.** " + report.proxy_finding(sstats["proxy_validity"], model=smol_model)))
+display(Markdown("**Finding.** " + report.proxy_finding(rstats["proxy_validity"], model=model_label(model))))

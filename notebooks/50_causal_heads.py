@@ -21,13 +21,15 @@
 # needs no sampling.
 #
 # This chapter checks the Cauchy facts numerically, builds the model piece by piece from
-# `qwen_anatomy.causal`, shows that at step 0 it reproduces the base model exactly, trains it on a frozen
-# backbone beside an honest baseline, and reads the saved results of the experiment suites. The design
+# `qwen_anatomy.causal` on a real backbone (the `model` parameter; by default the book's Qwen2,
+# Qwen2.5-Coder-0.5B-Instruct), shows that at step 0 it reproduces the base model exactly, trains it on a
+# frozen backbone beside an honest baseline, and reads the saved results of the experiment suites, which
+# were run once on the backbone named where they are read and are not re-run here. The design
 # follows the project spec (one consistent version of the original CausalQwen); where the spec is silent,
 # the choice made is named and explained.
 
 # %% tags=["parameters"]
-model_name = "smollm2-135m"  # backbone for the step-by-step build and the step-0 checks
+model = "qwen2.5-coder-0.5b"  # backbone of the step-by-step build and the step-0 checks
 mc_draws = 1_000_000  # Monte-Carlo draws for the propagation check
 threshold_grid = [0.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0]
 step0_texts = 16  # evaluation texts for the step-0 measurements
@@ -35,8 +37,9 @@ live_model = "causal-tiny-lm"  # small project backbone trained live in this cha
 live_steps = 300
 live_batch = 16
 results_dir = "data/results/causal"  # the saved suites (relative to the repository root), read in every build
-suite_model = "smollm2-135m"  # backbone of the saved basic / comparison / ablation / initialization suites
-book_model = "smollm2-135m"  # backbone of the saved comprehensive suite
+# The saved suites are read, not run: these name the backbone they were run on (see data/results/causal).
+saved_suites_model = "smollm2-135m"  # the saved basic / comparison / ablation / initialization suites
+saved_comprehensive_model = "smollm2-135m"  # the saved comprehensive suite
 seed = 0
 
 # %%
@@ -55,6 +58,7 @@ from qwen_anatomy.causal.model import BaselineQwen, CausalConfig, CausalQwen, ph
 from qwen_anatomy.causal.numtok import NumberTokenizer
 from qwen_anatomy.causal.train import evaluate, generate, step0_agreement, train
 from qwen_anatomy.loading import REPO_ROOT, load_model
+from qwen_anatomy.modelnames import model_label
 
 torch.set_num_threads(1)
 torch.manual_seed(seed)
@@ -65,10 +69,11 @@ pd.set_option("display.precision", 3)
 # the command that regenerates it, before any model is trained.
 results_root = REPO_ROOT / results_dir  # an absolute parameter stays as given
 saved = {
-    suite: causal_report.load_suite(suite, suite_model, results_root) for suite in causal_experiments.SUITES
+    suite: causal_report.load_suite(suite, saved_suites_model, results_root)
+    for suite in causal_experiments.SUITES
 }
-book_runs = causal_report.load_runs("comprehensive", book_model, results_root)
-for run in [*saved.values(), *([book_runs[-1]] if book_model != suite_model else [])]:
+book_runs = causal_report.load_runs("comprehensive", saved_comprehensive_model, results_root)
+for run in [*saved.values(), *([book_runs[-1]] if saved_comprehensive_model != saved_suites_model else [])]:
     print(
         f"{run.results['suite']:>14s} on {run.results['config']['model']}: {run.path.relative_to(REPO_ROOT)}"
     )
@@ -132,12 +137,12 @@ print(f"largest difference: {float((empirical - closed).abs().max()):.4f}")
 #
 # The tokenizer wrapper replaces every number that is not glued to a letter, digit or underscore by one
 # `<NUM>` token, and returns its value beside the ids. Text without numbers encodes exactly as the
-# wrapped tokenizer does. SmolLM2 has no spare embedding row, so `<NUM>` gets a new id (the vocabulary
-# size) and the model a new row initialised to the mean embedding; the small project tokenizer reserved
-# `<NUM>` when it was trained, like Qwen2.5's unused reserved ids.
+# wrapped tokenizer does. A tokenizer without `<NUM>` gets it as a new id (its vocabulary size); the
+# model then needs a new embedding row, initialised to the mean embedding, unless the embedding pads
+# spare rows past the tokenizer. The small project tokenizer reserved `<NUM>` when it was trained.
 
 # %%
-base, tok = load_model(model_name)
+base, tok = load_model(model)
 numtok = NumberTokenizer(tok)
 example = "The price of the lamp is 12.5 dollars, a drop of -3 from mp3 prices."
 enc = numtok.encode(example)
@@ -151,7 +156,13 @@ display(
     ).T
 )
 print("round trip:", numtok.decode(enc.input_ids, enc.numerical_values) == example)
-print(f"<NUM> id {numtok.num_token_id}; new embedding row needed: {numtok.added_num_row}")
+display(
+    Markdown(
+        causal_report.num_token_sentence(
+            model_label(model), numtok.num_token_id, numtok.added_num_row, base.config.vocab_size
+        )
+    )
+)
 
 # %% [markdown]
 # ## The architecture, step by step
@@ -161,18 +172,18 @@ print(f"<NUM> id {numtok.num_token_id}; new embedding row needed: {numtok.added_
 # exactly as before.
 
 # %%
-model = CausalQwen.from_base(base, numtok.num_token_id, CausalConfig(seed=seed)).eval()
+causal_model = CausalQwen.from_base(base, numtok.num_token_id, CausalConfig(seed=seed)).eval()
 batch = numtok.batch([example])
 with torch.no_grad():
     plain = base.model.embed_tokens(batch["input_ids"].clamp(max=base.config.vocab_size - 1))
-    fused = model.embed(batch["input_ids"], batch["numerical_values"])
+    fused = causal_model.embed(batch["input_ids"], batch["numerical_values"])
 text_pos = batch["numerical_values"][0] == 0
 print("text positions unchanged:", torch.equal(fused[0, text_pos], plain[0, text_pos]))
 print(
     "phi(12.5) has norm ln(13.5) =",
     round(math.log(13.5), 4),
     "->",
-    round(float(phi(torch.tensor([12.5]), model.num_direction.detach()).norm()), 4),
+    round(float(phi(torch.tensor([12.5]), causal_model.num_direction.detach()).norm()), 4),
 )
 
 # %% [markdown]
@@ -183,15 +194,15 @@ print(
 
 # %%
 with torch.no_grad():
-    out = model(batch["input_ids"], batch["numerical_values"], batch["attention_mask"])
+    out = causal_model(batch["input_ids"], batch["numerical_values"], batch["attention_mask"])
 for name in ("z", "loc_U", "scale_U", "loc_S", "scale_S", "probs", "loc_Y", "scale_Y"):
     print(f"{name:8s} {tuple(getattr(out, name).shape)}")
 
 # %% [markdown]
 # At initialisation $W_{loc} = I$, $b_{loc} = 0$, $W_s = 0$ with $\mathrm{softplus}(b_s) = \gamma_0 = 10$, and
-# the class head is an *independent copy* of the base LM head (SmolLM2 ties its head to the embedding; the
-# copy is untied so that training the head leaves the embedding alone). So $\mu_S$ equals the base logits,
-# and compatible mode (softmax of $\mu_S$) is the base model.
+# the class head is an *independent copy* of the base LM head (a tied model such as SmolLM2 uses its
+# embedding as the head; the copy is untied so that training the head leaves the embedding alone). So
+# $\mu_S$ equals the base logits, and compatible mode (softmax of $\mu_S$) is the base model.
 
 # %%
 plain_texts = [
@@ -203,7 +214,7 @@ pb = numtok.batch(plain_texts)
 assert not (pb["input_ids"] == numtok.num_token_id).any()
 with torch.no_grad():
     base_logits = base(pb["input_ids"], attention_mask=pb["attention_mask"]).logits
-    out0 = model(pb["input_ids"], pb["numerical_values"], pb["attention_mask"])
+    out0 = causal_model(pb["input_ids"], pb["numerical_values"], pb["attention_mask"])
 real = pb["attention_mask"].bool()
 v_base = base_logits.shape[-1]
 diff_logits = float((out0.loc_S[..., :v_base] - base_logits)[real].abs().max())
@@ -213,7 +224,7 @@ diff_probs = float(
 display(
     Markdown(
         causal_report.step0_sentence(
-            diff_logits, diff_probs, len(plain_texts), int(real.sum()), model.extra_rows is not None
+            diff_logits, diff_probs, len(plain_texts), int(real.sum()), causal_model.extra_rows is not None
         )
     )
 )
@@ -285,8 +296,8 @@ display(Markdown(causal_report.threshold_effect_sentence(threshold_grid, sums, a
 # untied copy) and a Normal regression head.
 #
 # **Two learning rates.** Adam moves every entry of a parameter by about the learning rate per step,
-# whatever its gradient. On SmolLM2 the copied head and the identity abduction are large matrices (their
-# sizes are printed below): at the rate that suits the new parameters ($10^{-2}$), a handful of steps
+# whatever its gradient. On a real backbone the copied head and the identity abduction are large matrices
+# (the saved runs' sizes are printed below): at the rate that suits the new parameters ($10^{-2}$), a handful of steps
 # rewrites the base model's ranking of tokens, and the head must relearn it from scratch. `train(lr_pretrained=...)` gives
 # the matrices copied from the base model (identity abduction, LM-head copy; `pretrained_parameters()`) their
 # own, smaller rate. The `<NUM>` row is a new class, so it lives apart (`num_class_row`) and learns at the
@@ -298,8 +309,8 @@ display(Markdown(causal_report.threshold_effect_sentence(threshold_grid, sums, a
 # of them together. Under the OvR loss on a large vocabulary the scale of $U$ collapses towards 0 within
 # a few steps (the health curves show it), and the gradient of the scale network grows like one over the
 # scale. A global clip divides every gradient by that one norm, pushing the regression head's below Adam's
-# $\epsilon$, and the regression head stops learning. The saved SmolLM2 history below keeps a run trained
-# with a global clip beside the per-parameter one. `train(clip="global")` keeps the old behaviour.
+# $\epsilon$, and the regression head stops learning. The saved history below keeps a run trained with a
+# global clip beside the per-parameter one. `train(clip="global")` keeps the old behaviour.
 
 # %% tags=["remove-input"]
 display(Markdown(causal_report.head_sizes_sentence(saved)))
@@ -370,7 +381,16 @@ display(pd.DataFrame(rows))
 # computed from the runs and their records:
 
 # %% tags=["remove-input"]
-display(Markdown(causal_report.budget_sentence(saved, earlier=book_runs)))
+display(
+    Markdown(
+        causal_report.saved_suites_note(
+            sorted({model_label(saved_suites_model), model_label(saved_comprehensive_model)}),
+            model_label(model),
+        )
+        + " "
+        + causal_report.budget_sentence(saved, earlier=book_runs)
+    )
+)
 
 # %%
 comprehensive_book = book_runs[-1]
@@ -406,7 +426,7 @@ for metric in ("num_f1", "mae", "coverage95"):
         comprehensive_book.results,
         metric,
         log_scale=metric == "mae",
-        title=f"comprehensive suite, {book_model}",
+        title=f"comprehensive suite, {saved_comprehensive_model}",
     )
 
 # %% [markdown]
@@ -424,7 +444,7 @@ basic = saved["basic"]
 display(Markdown(causal_report.suite_description(basic)))
 display(causal_experiments.metrics_table(basic.results).set_index(["set", "variant"]).sort_index())
 display(Markdown(causal_report.winner_sentences(basic.results)))
-if suite_model != book_model:  # otherwise shown in full above
+if saved_suites_model != saved_comprehensive_model:  # otherwise shown in full above
     comprehensive_suite = saved["comprehensive"]
     display(Markdown(causal_report.suite_description(comprehensive_suite)))
     display(
@@ -451,7 +471,7 @@ for metric in ("num_f1", "mae"):
         metric,
         baseline=reference,
         log_scale=metric == "mae",
-        title=f"comparison suite, {suite_model}",
+        title=f"comparison suite, {saved_suites_model}",
     )
 display(Markdown(text))
 display(causal_report.threshold_sums(comparison.results))
@@ -473,7 +493,7 @@ for metric in ("num_f1", "mae"):
         metric,
         baseline=reference,
         log_scale=metric == "mae",
-        title=f"ablation suite, {suite_model}",
+        title=f"ablation suite, {saved_suites_model}",
     )
 display(Markdown(text))
 
@@ -492,7 +512,7 @@ for metric in ("num_f1", "mae"):
         metric,
         baseline=reference,
         log_scale=metric == "mae",
-        title=f"initialization suite, {suite_model}",
+        title=f"initialization suite, {saved_suites_model}",
     )
 display(Markdown(text))
 

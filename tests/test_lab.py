@@ -31,7 +31,7 @@ JUPYTER = Path(sys.executable).parent / "jupyter"
 CHAPTER = "00_setup.py"
 # Applied after the `parameters` cell, as papermill does for CI: converting the real model (a minute
 # on first use) is covered by the CI notebook run; here the point is the path through the server.
-CI_PARAMETERS = "prepare_builtin_model = False"
+CI_PARAMETERS = "prepare_models = False"
 CELL_TIMEOUT = 300
 
 

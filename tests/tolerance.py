@@ -12,6 +12,13 @@ are relative to the scale of the expected tensor: ``max|a - b| <= rtol * max|b|`
 lose up to a few hundred ulps of the largest term on any BLAS, i.e. ~1e-5 of the scale. A real bug
 (a wrong head, a missing bias, a mask off by one) changes results by 1e-3 of the scale or more.
 Where a claim is exact, tests compare in float64 (``FP64_EXACT``) or bit for bit.
+
+``BF16_ROUNDING`` = 4 x 2^-8 = 1.6e-2: bfloat16 keeps 8 significant bits (7 stored), so one rounding
+moves a value by up to its unit roundoff 2^-8 = 3.9e-3 (``torch.finfo(torch.bfloat16).eps`` is the
+spacing at 1, 2^-7). Two bfloat16 computations that round in different places (our sdpa attention
+keeps the probabilities in float32, transformers' eager rounds them) differ by a few roundings of
+the largest value: measured 1.7 on the tiny test model, 4.1 (0.375 of 23.5) on Qwen2.5-Coder-0.5B's
+logits. A lost bias or a wrong head moves logits by several times more.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import torch
 
 FP32_REORDER = 3e-5  # float32, summation order differs (see module docstring)
 FP64_EXACT = 1e-10  # float64, the same formula evaluated along different paths
+BF16_ROUNDING = 4 * 2.0**-8  # bfloat16, rounded in different places (see module docstring)
 
 
 def assert_close_scaled(actual, expected, rtol: float = FP32_REORDER, scale=None, msg: str = "") -> None:

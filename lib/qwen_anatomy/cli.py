@@ -18,7 +18,7 @@ from .errors import UserInputError
 
 COMMAND_MODULES = [
     "qwen_anatomy.commands.model",  # info, generate, verify (Part I)
-    "qwen_anatomy.commands.experiments",  # run, results (Part VI: experiments)
+    "qwen_anatomy.commands.experiments",  # run, results, book (Part VI: experiments)
     "qwen_anatomy.commands.heads",  # heads (Part IV: importance against plasticity)
     "qwen_anatomy.commands.tasks",  # tasks generate/train/evaluate/sweep, train, evaluate (Part III)
     "qwen_anatomy.commands.weights",  # params, embeddings, download (Part II)

@@ -91,6 +91,26 @@ def corpus_nll(model, ids: Sequence[int], window: int = 512, bos: int | None = N
     return total, count
 
 
+def predicted_bytes(tokenizer, ids: Sequence[int], window: int = 512) -> int:
+    """UTF-8 bytes of the text whose tokens :func:`corpus_nll` predicts (no BOS): all but each window's first.
+
+    Dividing a summed NLL by this count gives a loss per byte of text, which compares models whose
+    tokenizers cut the same text into different numbers of tokens. (A first token that splits a
+    multi-byte character decodes to a replacement character: the count is then off by a byte or two.)
+    """
+    ids = list(ids)
+    total = len(tokenizer.decode(ids).encode("utf-8"))
+    firsts = [ids[start] for start in range(0, len(ids), window)]
+    return total - sum(len(tokenizer.decode([i]).encode("utf-8")) for i in firsts)
+
+
+def bits_per_byte(total_nll_nats: float, n_bytes: int) -> float:
+    """Summed NLL in nats over a text -> bits per UTF-8 byte of that text."""
+    if n_bytes <= 0:
+        raise ValueError(f"n_bytes={n_bytes} must be positive")
+    return total_nll_nats / LN2 / n_bytes
+
+
 class NGramModel:
     """An n-gram model with add-k smoothing that backs off to the (n-1)-gram distribution.
 

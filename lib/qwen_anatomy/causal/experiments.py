@@ -133,8 +133,26 @@ def build(kind: str, base, num_token_id: int, overrides: dict, shared: dict):
     return cls(base, num_token_id, conf)
 
 
-def run(config: dict, log=print) -> dict:
-    """Train and evaluate every variant of one suite; returns a JSON-able results dict."""
+def check_precision(cfg: dict, device=None, dtype=None):
+    """(torch.device, torch.dtype) for a suite, checked before anything loads: a backbone that trains
+    (``causal: {freeze_backbone: false}``) needs float32 weights."""
+    import torch
+
+    from ..devices import resolve
+
+    device, dtype = resolve(device, dtype)
+    if dtype != torch.float32 and cfg["causal"].get("freeze_backbone") is False:
+        raise UserInputError(
+            "freeze_backbone=False trains the backbone, which needs float32 weights: drop --dtype"
+        )
+    return device, dtype
+
+
+def run(config: dict, log=print, device="cpu", dtype="float32") -> dict:
+    """Train and evaluate every variant of one suite; returns a JSON-able results dict.
+
+    ``device``, ``dtype``: where the backbone runs and its precision (the heads and losses are float32
+    whatever it is; see :mod:`qwen_anatomy.causal.model`)."""
     import torch
 
     from ..loading import load_model
@@ -143,7 +161,8 @@ def run(config: dict, log=print) -> dict:
     from .train import evaluate, step0_agreement, train
 
     cfg = check_config(config)
-    base, tok = load_model(cfg["model"])
+    device, dtype = check_precision(cfg, device, dtype)
+    base, tok = load_model(cfg["model"], device=device, dtype=dtype)
     if tok is None:
         raise UserInputError(f"model {cfg['model']!r} has no tokenizer.json; CausalQwen needs its tokenizer")
     numtok = NumberTokenizer(tok)
@@ -215,12 +234,16 @@ def run(config: dict, log=print) -> dict:
     return results
 
 
-def run_and_save(config: dict, root: str | Path = RESULTS_ROOT, log=print) -> Path:
+def run_and_save(
+    config: dict, root: str | Path = RESULTS_ROOT, log=print, device="cpu", dtype="float32"
+) -> Path:
     """``run`` with a run record, into a new directory ``root/<suite>/<model>-<timestamp>/``."""
+    from ..devices import dtype_name
     from ..iochecks import check_output_dir, check_output_root, make_output_dir
     from ..loading import resolve_model
 
     cfg = check_config(config)
+    device, dtype = check_precision(cfg, device, dtype)
     check_output_root(root, "results root")
     model_path = resolve_model(cfg["model"])  # a bad name fails before anything is written
     if not (model_path / "tokenizer.json").is_file():
@@ -234,8 +257,9 @@ def run_and_save(config: dict, root: str | Path = RESULTS_ROOT, log=print) -> Pa
         " (every setting in parameters)"
     )
     with RunRecord(out / "run_record.json", command, cfg, seed=cfg["seed"]) as record:
+        record.data["device"], record.data["dtype"] = str(device), dtype_name(dtype)
         with record.stage("run"):
-            results = run(cfg, log=log)
+            results = run(cfg, log=log, device=device, dtype=dtype)
         atomic_write_json(out / "results.json", results)
     return out
 

@@ -10,6 +10,11 @@ with cross-entropy on loc_S instead of OvR binary cross-entropy, ``distribution=
 scales as sqrt(sum w^2 sigma^2) and uses Normal CDF / NLL, ``abduction_init="random"`` starts the
 abduction from Xavier weights instead of the identity. :class:`BaselineQwen` is the honest baseline:
 the same backbone and numeric fusion with a plain softmax LM head and a Normal regression head.
+
+Precision: the backbone runs in its own dtype (float32, or bfloat16 / float16 when loaded so); the
+heads, their parameters (new embedding rows and the numeric direction included) and the losses are
+always float32, on the backbone's device: z is cast up before the heads, and the new rows and phi(v)
+are cast to the backbone's dtype only where they enter it.
 """
 
 from __future__ import annotations
@@ -138,10 +143,12 @@ class _NumericFusion(nn.Module):
         n_new = self.vocab_size - self.base_vocab
         # a model without spare rows (SmolLM2) gets new rows initialised to the mean embedding
         self.extra_rows = (
-            nn.Parameter(table.detach().mean(0, keepdim=True).repeat(n_new, 1).clone()) if n_new else None
+            nn.Parameter(table.detach().float().mean(0, keepdim=True).repeat(n_new, 1).clone())
+            if n_new
+            else None
         )
         w = torch.randn(h, generator=generator)
-        self.num_direction = nn.Parameter((w / w.norm()).to(table.dtype))
+        self.num_direction = nn.Parameter((w / w.norm()).to(table.device))
 
     def embed(self, input_ids: torch.Tensor, numerical_values: torch.Tensor | None = None) -> torch.Tensor:
         table = self.backbone.model.embed_tokens
@@ -151,16 +158,16 @@ class _NumericFusion(nn.Module):
             new = input_ids >= self.base_vocab
             e = table(input_ids.clamp(max=self.base_vocab - 1))
             extra = self.extra_rows[(input_ids - self.base_vocab).clamp(min=0)]
-            e = torch.where(new.unsqueeze(-1), extra, e)
+            e = torch.where(new.unsqueeze(-1), extra.to(e.dtype), e)
         if numerical_values is not None:
-            e = e + phi(numerical_values.to(e.dtype), self.num_direction)
+            e = e + phi(numerical_values.float(), self.num_direction).to(e.dtype)
         return e
 
     def features(self, input_ids, numerical_values=None, attention_mask=None) -> torch.Tensor:
-        """z: the backbone's last hidden state after the final norm, [B, T, H]."""
+        """z: the backbone's last hidden state after the final norm, [B, T, H], in float32."""
         e = self.embed(input_ids, numerical_values)
         out = self.backbone(inputs_embeds=e, attention_mask=attention_mask, logits_to_keep=1)
-        return out.last_hidden_state
+        return out.last_hidden_state.float()
 
     def _init_num_row(self, head_weight: torch.Tensor) -> None:
         """The head's ``<NUM>`` row as its own parameter, so that training can give the rows copied from
@@ -183,6 +190,11 @@ class _NumericFusion(nn.Module):
 
 
 def _freeze(backbone: nn.Module, frozen: bool) -> None:
+    if not frozen and any(p.dtype != torch.float32 for p in backbone.parameters()):
+        raise UserInputError(
+            "freeze_backbone=False trains the backbone, which needs float32 weights (AdamW's updates "
+            "fall below bfloat16's resolution): load the backbone in float32"
+        )
     for p in backbone.parameters():
         p.requires_grad_(not frozen)
 
@@ -212,6 +224,7 @@ class CausalQwen(_NumericFusion):
             self.threshold = nn.Parameter(torch.full((self.vocab_size,), float(config.threshold)))
         self._initialise(g)
         _freeze(backbone, config.freeze_backbone)
+        self.to(backbone.device)  # the heads were built on the CPU
 
     @classmethod
     def from_base(cls, base: Qwen2ForCausalLM, num_token_id: int, config: CausalConfig | None = None):
@@ -317,6 +330,7 @@ class BaselineQwen(_NumericFusion):
                 torch.tensor([0.0, config.gamma0 + math.log(-math.expm1(-config.gamma0))])
             )
         _freeze(backbone, config.freeze_backbone)
+        self.to(backbone.device)  # the heads were built on the CPU
 
     def pretrained_parameters(self) -> list[nn.Parameter]:
         """The copy of the base LM head (see :meth:`CausalQwen.pretrained_parameters`)."""

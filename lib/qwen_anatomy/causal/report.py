@@ -158,6 +158,36 @@ def step0_sentence(
     )
 
 
+def num_token_sentence(model: str, num_token_id: int, added_to_tokenizer: bool, embedding_rows: int) -> str:
+    """Where ``<NUM>`` lives on a backbone: a token its tokenizer already had, a new id that falls on a
+    spare (padding) row of the embedding, or a new id that needs a new row (chapter 50_causal_heads)."""
+    if not added_to_tokenizer:
+        where = f"the tokenizer already has `<NUM>` (id {num_token_id}), reserved when it was trained"
+    elif num_token_id < embedding_rows:
+        where = (
+            f"the tokenizer lacks `<NUM>`, so it gets the next id, {num_token_id}, which falls on one of the "
+            f"{embedding_rows - num_token_id} spare rows the embedding has past the tokenizer: no new row is needed"
+        )
+    else:
+        where = (
+            f"the tokenizer lacks `<NUM>` and the embedding ({embedding_rows:,} rows) has no spare row, so `<NUM>` "
+            f"gets a new id ({num_token_id}) and the model a new row initialised to the mean embedding"
+        )
+    return f"On {model}, {where}."
+
+
+def saved_suites_note(saved_models: list[str], live_model: str) -> str:
+    """Which backbone the saved suites ran on, against the backbone of the chapter's step-by-step build:
+    the saved runs are read as they were saved, never re-run for the page (chapter 50_causal_heads)."""
+    names = " and ".join(f"**{m}**" for m in saved_models)
+    if list(saved_models) == [live_model]:
+        return f"The saved suites ran on {names}, the backbone of this page's step-by-step build."
+    return (
+        f"The saved suites are read as they were saved, not re-run for this page: their backbone is {names}, "
+        f"while this page's step-by-step build ran on **{live_model}**."
+    )
+
+
 def threshold_effect_sentence(
     thresholds: list[float], sums: list[float], agree: list[float], median_scale: float
 ) -> str:

@@ -23,6 +23,13 @@ from .numtok import NumberTokenizer, format_number
 MODES = ("standard", "causal", "shared", "compatible")
 
 
+def on_device(batch: dict, model) -> dict:
+    """A batch of tensors moved to the device of the model's backbone (the tokenizer builds them
+    on the CPU)."""
+    device = model.backbone.device
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def check_dataset(texts, name: str = "training set") -> list[str]:
     if texts is None or len(texts) == 0:
         raise UserInputError(f"the {name} is empty: give at least one text")
@@ -122,7 +129,7 @@ def train(
     model.train()
     t0 = time.perf_counter()
     for step in range(steps + 1):
-        batch = next(stream)
+        batch = on_device(next(stream), model)
         out = model(batch["input_ids"], batch["numerical_values"], batch["attention_mask"])
         parts = gated_loss(
             out,
@@ -172,6 +179,7 @@ def predict(
     """
     if mode not in MODES:
         raise UserInputError(f"mode={mode!r}: use one of {MODES}")
+    batch = on_device(batch, model)
     out = model(batch["input_ids"], batch.get("numerical_values"), batch.get("attention_mask"))
     if mode in ("causal", "shared"):
         if not isinstance(model, CausalQwen):
@@ -190,9 +198,9 @@ def predict(
             token = out.loc_S.argmax(-1)
         else:
             p = torch.softmax(out.loc_S / temperature, -1)
-            token = torch.multinomial(p.reshape(-1, p.shape[-1]), 1, generator=generator).reshape(
-                p.shape[:-1]
-            )
+            # drawn on the CPU, where the seeded generator lives
+            token = torch.multinomial(p.reshape(-1, p.shape[-1]).cpu(), 1, generator=generator)
+            token = token.reshape(p.shape[:-1]).to(p.device)
         return token, out.loc_Y, out.scale_Y
     return out.choice(), out.loc_Y, out.scale_Y
 
@@ -269,7 +277,7 @@ def evaluate(
     conf_all, hit_all = [], []
     model.eval()
     for i in range(0, len(texts), batch_size):
-        batch = numtok.batch(texts[i : i + batch_size], max_length=max_length)
+        batch = on_device(numtok.batch(texts[i : i + batch_size], max_length=max_length), model)
         out = model(batch["input_ids"], batch["numerical_values"], batch["attention_mask"])
         labels, valid, is_num, values = next_token_targets(
             batch["input_ids"], batch["numerical_values"], batch["attention_mask"], num
@@ -291,8 +299,8 @@ def evaluate(
         p = out.probs[valid]
         p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
         conf, arg = p.max(-1)
-        conf_all.append(conf)
-        hit_all.append((arg == labels[valid]).float())
+        conf_all.append(conf.cpu())
+        hit_all.append((arg == labels[valid]).float().cpu())
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -326,7 +334,7 @@ def step0_agreement(
     model: CausalQwen, numtok: NumberTokenizer, texts: list[str], max_length: int = 64
 ) -> float:
     """Fraction of valid positions where the OvR argmax equals the compatible (base) argmax."""
-    batch = numtok.batch(texts, max_length=max_length)
+    batch = on_device(numtok.batch(texts, max_length=max_length), model)
     with torch.no_grad():
         out = model(batch["input_ids"], batch["numerical_values"], batch["attention_mask"])
     _, valid, _, _ = next_token_targets(batch["input_ids"], None, batch["attention_mask"], model.num_token_id)

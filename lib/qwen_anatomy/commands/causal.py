@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 
 from ..cli import positive_int
+from ..devices import DEVICE_HELP, DEVICES, DTYPES
 from ..errors import UserInputError
+from ..registry import MODEL_HELP
 
 
 def _float(text: str) -> float:
@@ -23,10 +25,22 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
-def _training_flags(p) -> None:
-    """The flags `train` and `suite` share: backbone, budget, learning rates and seed."""
+def _precision_flags(p) -> None:
+    """``--device`` and ``--dtype`` of the backbone (the heads and losses stay float32)."""
+    p.add_argument("--device", choices=DEVICES, default="cpu", help=DEVICE_HELP)
     p.add_argument(
-        "--model", default="causal-tiny-lm", help="backbone: built-in name, shipped name or directory"
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="the backbone's weights and activations: float32 (default), bfloat16 or float16; the "
+        "causal heads, their parameters and the losses stay float32",
+    )
+
+
+def _training_flags(p) -> None:
+    """The flags `train` and `suite` share: backbone, budget, learning rates, seed, device, dtype."""
+    p.add_argument(
+        "--model", default="causal-tiny-lm", help=f"backbone (default causal-tiny-lm): {MODEL_HELP}"
     )
     p.add_argument("--n-train", type=positive_int, default=2000, help="synthetic training texts")
     p.add_argument("--steps", type=positive_int, default=300)
@@ -39,6 +53,7 @@ def _training_flags(p) -> None:
         help="learning rate of the head matrices copied from the base model (default: --lr)",
     )
     p.add_argument("--seed", type=int, default=0)
+    _precision_flags(p)
 
 
 def register(subparsers) -> None:
@@ -69,6 +84,7 @@ def register(subparsers) -> None:
     e.add_argument("--eval-file", type=Path, help="evaluate on these texts (one per line) instead")
     e.add_argument("--n-eval", type=positive_int, default=64)
     e.add_argument("--out", type=Path, help="write the metrics (JSON) and a run record here (a new file)")
+    _precision_flags(e)
     e.set_defaults(func=cmd_eval)
 
     g = sub.add_parser("generate", help="generate text; predicted <NUM> tokens print their values")
@@ -78,6 +94,7 @@ def register(subparsers) -> None:
     g.add_argument("--max-new-tokens", type=positive_int, default=20)
     g.add_argument("--temperature", type=_float, default=0.0, help="compatible mode only")
     g.add_argument("--seed", type=int, default=0)
+    _precision_flags(g)
     g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("suite", help="run one experiment suite and save results with a run record")
@@ -139,9 +156,11 @@ def _config_from_args(args):
 
 
 def cmd_train(args) -> int:
+    from ..devices import resolve
     from ..iochecks import check_output_dir, make_output_dir
     from ..loading import load_config, resolve_model
 
+    device, dtype = resolve(args.device, args.dtype)
     check_output_dir(args.out, "--out")
     config = _config_from_args(args)
     model_path = resolve_model(args.model)
@@ -171,7 +190,7 @@ def cmd_train(args) -> int:
         args.out / "run_record.json", "qwen-anatomy causal train", params, seed=args.seed
     ) as record:
         with record.stage("load"):
-            base, tok = load_model(args.model)
+            base, tok = load_model(args.model, device=device, dtype=dtype)
             if tok is None:
                 raise UserInputError(f"model {args.model!r} has no tokenizer.json; CausalQwen needs one")
             numtok = NumberTokenizer(tok)
@@ -250,9 +269,13 @@ def _heads_meta(path: Path) -> dict:
     return meta
 
 
-def load_heads(path: Path):
+def load_heads(path: Path, device="cpu", dtype="float32"):
     """(model, NumberTokenizer) from a directory written by ``causal train``; every file is checked
-    (and the heads' tensors read) before the backbone is loaded."""
+    (and the heads' tensors read) before the backbone is loaded, on ``device`` in ``dtype`` (the heads
+    stay float32)."""
+    from ..devices import resolve
+
+    device, dtype = resolve(device, dtype)
     path = Path(path)
     meta = _heads_meta(path)
     from ..iochecks import check_input_file
@@ -272,7 +295,7 @@ def load_heads(path: Path):
     from ..causal.numtok import NumberTokenizer
     from ..loading import load_model
 
-    base, tok = load_model(meta["model"])
+    base, tok = load_model(meta["model"], device=device, dtype=dtype)
     if tok is None:
         raise UserInputError(f"the backbone {meta['model']!r} named in {path} has no tokenizer.json")
     numtok = NumberTokenizer(tok)
@@ -312,7 +335,7 @@ def cmd_eval(args) -> int:
     if args.out is not None:
         check_output_file(args.out, "--out", derived=[record_path], records=[record_path])
     custom = _read_texts(args.eval_file, "--eval-file")
-    model, numtok = load_heads(args.heads)
+    model, numtok = load_heads(args.heads, args.device, args.dtype)
     from ..causal.data import evaluation_sets
     from ..causal.train import evaluate
     from ..runrecord import RunRecord, atomic_write_json
@@ -320,7 +343,13 @@ def cmd_eval(args) -> int:
     data = (
         {"file": custom} if custom else {k: v for k, v in evaluation_sets(args.n_eval).items() if k in sets}
     )
-    params = {"heads": str(args.heads), "sets": list(data), "n_eval": args.n_eval}
+    params = {
+        "heads": str(args.heads),
+        "sets": list(data),
+        "n_eval": args.n_eval,
+        "device": args.device,
+        "dtype": args.dtype,
+    }
     if args.out is not None:
         set_aside_failed_records([record_path])
     record = (
@@ -348,7 +377,7 @@ def cmd_generate(args) -> int:
         raise UserInputError("--prompt is empty: give some text")
     if not (0 <= args.temperature < float("inf")):
         raise UserInputError(f"--temperature {args.temperature} must be a finite number >= 0")
-    model, numtok = load_heads(args.heads)
+    model, numtok = load_heads(args.heads, args.device, args.dtype)
     if args.mode in ("causal", "shared") and not hasattr(model, "causal_dim"):
         raise UserInputError(f"--mode {args.mode} needs CausalQwen heads; {args.heads} holds the baseline")
     from ..causal.train import generate
@@ -392,7 +421,7 @@ def cmd_suite(args) -> int:
 
     check_output_root(args.out_root or RESULTS_ROOT, "--out-root")
     check_config(config)
-    out = run_and_save(config, args.out_root or RESULTS_ROOT)
+    out = run_and_save(config, args.out_root or RESULTS_ROOT, device=args.device, dtype=args.dtype)
     print(f"wrote {out}")
     return 0
 

@@ -1,4 +1,4 @@
-"""``qwen-anatomy run`` and ``qwen-anatomy results``: notebooks as reproducible experiments.
+"""``qwen-anatomy run``, ``results`` and ``book``: notebooks as reproducible experiments.
 
 Chapter 90_experiments explains them. Nothing heavy is imported here; the handlers import
 ``qwen_anatomy.experiments`` (papermill, pandas) only when called.
@@ -77,6 +77,35 @@ def register(subparsers) -> None:
     res.add_argument("--metrics", help="comma-separated metric names to show (default: every numeric one)")
     res.set_defaults(func=_results)
 
+    book = subparsers.add_parser(
+        "book",
+        help="build your own book: every chapter executed on MODEL, rendered as HTML into a new folder",
+        description=(
+            "Execute every chapter of _toc.yml through papermill (chapters with a `model` parameter on "
+            "MODEL, the others at their defaults; a run record each under OUT/runs/), then render the "
+            "executed notebooks as a Jupyter Book into OUT (OUT/index.html). MODEL, the chapters and every "
+            "chapter's parameters are checked before anything runs; OUT must be new or empty."
+        ),
+    )
+    book.add_argument(
+        "--model", required=True, help="built-in name, checkpoint directory or .gguf file the book is about"
+    )
+    book.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) folder for the HTML book")
+    book.add_argument(
+        "--scale",
+        choices=["book", "ci"],
+        default="book",
+        help="book: every chapter's defaults (default); ci: tests/ci-params.yml laid over them (quick)",
+    )
+    book.add_argument(
+        "--chapters",
+        metavar="A,B,...",
+        help="only these chapters (comma-separated stems or unique prefixes, e.g. 00_setup,10)",
+    )
+    book.add_argument("--timeout", type=_timeout, help="fail a chapter when one cell takes longer (seconds)")
+    book.add_argument("--no-progress", action="store_true", help="no progress bar")
+    book.set_defaults(func=_book)
+
 
 def _run(args) -> int:
     from ..experiments import parse_shard, run_experiments
@@ -114,3 +143,21 @@ def _results(args) -> int:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     print(results_table(frame, metrics))
     return 0
+
+
+def _book(args) -> int:
+    from ..bookbuild import build_book
+
+    chapters = None
+    if args.chapters is not None:
+        chapters = [c.strip() for c in args.chapters.split(",") if c.strip()]
+    record = build_book(
+        args.model,
+        args.out,
+        scale=args.scale,
+        chapters=chapters,
+        timeout=args.timeout,
+        progress=not args.no_progress,
+        command=shlex.join(["qwen-anatomy", *sys.argv[1:]]),
+    )
+    return 0 if record["status"] == "success" else 1

@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 
 from ..cli import positive_int
+from ..devices import add_device_flags
 from ..errors import UserInputError
+from ..registry import MODEL_HELP
 from .model import add_pickle_flag
 
 DATA_HELP = (
@@ -36,9 +38,11 @@ def register(sub) -> None:
         "groups.csv, stats.json, cases.json, figures and a run record into --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("model", help="θ0: built-in name, shipped model name, checkpoint directory or .gguf")
+    p.add_argument("model", help=f"θ0: {MODEL_HELP}")
     p.add_argument("--data", required=True, type=Path, help=DATA_HELP)
-    p.add_argument("--finetuned", default=None, help="θ1: the same architecture after fine-tuning")
+    p.add_argument(
+        "--finetuned", default=None, help="θ1: the same architecture after fine-tuning (any model form)"
+    )
     p.add_argument("--out", required=True, type=Path, help="new output directory (never overwritten)")
     p.add_argument(
         "--ablation",
@@ -59,15 +63,18 @@ def register(sub) -> None:
         help="torch threads (one is fastest on a shared machine; more on an idle one)",
     )
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    add_device_flags(p)
     add_pickle_flag(p)
     p.set_defaults(func=cmd_heads)
 
 
 def cmd_heads(args) -> int:
+    from ..devices import resolve
     from ..heads.data import DATA_HINT, is_task_file, load_eval_data
     from ..iochecks import check_output_dir, make_output_dir, read_text
 
     # validate everything cheap before loading models or computing anything
+    device, dtype = resolve(args.device, args.dtype)
     if not read_text(args.data, "data file", DATA_HINT).strip():
         raise UserInputError(f"data file {args.data} is empty: {DATA_HINT}")
     check_output_dir(args.out, "--out")
@@ -108,7 +115,9 @@ def cmd_heads(args) -> int:
     from ..runrecord import RunRecord
 
     torch.set_num_threads(args.threads)
-    model0, tok = load_model(path0, weights_only_pickle=args.allow_pickle_weights_only)
+    model0, tok = load_model(
+        path0, weights_only_pickle=args.allow_pickle_weights_only, device=device, dtype=dtype
+    )
     batch, kind = early or load_eval_data(args.data, tok, args.max_examples, args.max_tokens)
     from ..validate import check_token_ids
 
@@ -124,7 +133,9 @@ def cmd_heads(args) -> int:
         record.data["n_examples"] = len(batch)
         models = [("θ0", model0)]
         if path1 is not None:
-            model1, _ = load_model(path1, weights_only_pickle=args.allow_pickle_weights_only)
+            model1, _ = load_model(
+                path1, weights_only_pickle=args.allow_pickle_weights_only, device=device, dtype=dtype
+            )
             models.append(("θ1", model1))
         lay_total = ablation_passes(head_layout(model0), len(batch), args.batch_size) * len(models)
         results = []

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 from ..cli import non_negative_int, positive_int, probability, seed, temperature
+from ..devices import add_device_flags
 from ..errors import UserInputError
+from ..registry import MODEL_HELP
 
 PICKLE_HELP = (
     "load a checkpoint that holds only pickle weights (.bin/.pt) with torch.load(weights_only=True), "
@@ -22,13 +24,13 @@ def add_pickle_flag(parser) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("info", help="config summary and parameter counts of a model")
-    p.add_argument("model", help="built-in name (smollm2-135m), checkpoint directory or .gguf file")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     add_pickle_flag(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("generate", help="generate text, streamed token by token")
-    p.add_argument("--model", required=True, help="built-in name, checkpoint directory or .gguf file")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument(
@@ -43,6 +45,7 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=positive_int, default=None, help="sample only from the k most likely")
     p.add_argument("--top-p", type=probability, default=None, help="nucleus sampling mass in (0, 1]")
     p.add_argument("--seed", type=seed, default=0, help="random seed for sampling, 0..2**32-1 (default 0)")
+    add_device_flags(p)
     add_pickle_flag(p)
     p.set_defaults(func=cmd_generate)
 
@@ -51,9 +54,12 @@ def register(sub) -> None:
         help="compare our model with transformers' class for the checkpoint",
         description="Logits per layer and greedy tokens of our model against transformers' class, on "
         "text prompts; a checkpoint without tokenizer.json is compared on seeded random token ids "
-        "(5 sequences of 16 ids, seed 0), as the JSON's 'inputs' field says.",
+        "(5 sequences of 16 ids, seed 0), as the JSON's 'inputs' field says. With --dtype bfloat16 or "
+        "float16 both models run in that dtype with sdpa attention (the same operations on both "
+        "sides) and the tolerance is a few roundings of each stage's largest value (the JSON's "
+        "'tolerance' says which).",
     )
-    p.add_argument("model", help="built-in name, checkpoint directory or .gguf file")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument(
         "--prompts",
         type=Path,
@@ -63,6 +69,7 @@ def register(sub) -> None:
     p.add_argument(
         "--max-new-tokens", type=positive_int, default=20, help="greedy tokens compared per prompt"
     )
+    add_device_flags(p)
     add_pickle_flag(p)
     p.set_defaults(func=cmd_verify)
 
@@ -135,11 +142,13 @@ def cmd_generate(args) -> int:
             f"--prompt {args.prompt.encode('utf-8', 'replace').decode()!r} is not UTF-8 text; "
             "pass the prompt in UTF-8"
         ) from None
+    from ..devices import resolve
     from ..generation import generate
     from ..loading import load_config, load_model, resolve_model
     from ..validate import check_prompt_fits, open_tokenizer
 
-    # everything cheap first (config, tokenizer, prompt length): the weights are loaded last
+    # everything cheap first (device, dtype, config, tokenizer, prompt length): the weights last
+    device, dtype = resolve(args.device, args.dtype)
     path = resolve_model(args.model)
     config = load_config(path)
     tok = open_tokenizer(path)
@@ -150,7 +159,13 @@ def cmd_generate(args) -> int:
     else:
         ids = tok.encode(args.prompt, add_special_tokens=True)
     check_prompt_fits(ids, config, args.max_new_tokens, f"--prompt of {args.model}")
-    model, _ = load_model(path, with_tokenizer=False, weights_only_pickle=args.allow_pickle_weights_only)
+    model, _ = load_model(
+        path,
+        with_tokenizer=False,
+        weights_only_pickle=args.allow_pickle_weights_only,
+        device=device,
+        dtype=dtype,
+    )
     eos = [i for i in {tok.eos_token_id, *model.config.eos_token_ids} if i is not None]
     produced: list[int] = []
     printed = ""
@@ -196,6 +211,9 @@ def chat_text(tok, model_name: str, prompt: str) -> str:
 
 
 def cmd_verify(args) -> int:
+    from ..devices import resolve
+
+    device, dtype = resolve(args.device, args.dtype)
     prompts = None
     if args.prompts is not None:
         from ..iochecks import read_text
@@ -213,6 +231,8 @@ def cmd_verify(args) -> int:
         prompts,
         max_new_tokens=args.max_new_tokens,
         weights_only_pickle=args.allow_pickle_weights_only,
+        device=device,
+        dtype=dtype,
     )
     print(json.dumps(report, indent=2))
     return 0

@@ -10,7 +10,9 @@ import json
 import sys
 
 from ..cli import non_negative_int, positive_int
+from ..devices import DEVICE_HELP, DEVICES, DTYPES, add_device_flags
 from ..errors import UserInputError
+from ..registry import MODEL_HELP
 from .model import add_pickle_flag
 
 
@@ -131,7 +133,15 @@ def _add_train(sub, name: str) -> None:
     )
     p.add_argument("--dryrun", action="store_true", help="1 epoch on 1,000 samples (a quick check)")
     p.add_argument("--out", help="output directory (default runs/<config>-<UTC time>)")
-    p.add_argument("--init-from", help="checkpoint to fine-tune (directory or shipped model name)")
+    p.add_argument("--init-from", help=f"checkpoint to fine-tune: {MODEL_HELP}")
+    p.add_argument("--device", choices=DEVICES, default="cpu", help=DEVICE_HELP)
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="float32 (default), or bfloat16 / float16 mixed precision (autocast; weights and the "
+        "saved checkpoint stay float32; float16 needs a GPU)",
+    )
     add_pickle_flag(p)  # for an --init-from checkpoint of pickle weights
     p.set_defaults(func=_train)
 
@@ -147,7 +157,13 @@ def _train(args) -> int:
         Path("runs") / f"{Path(args.config).stem}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
     )
     result = train(
-        config, out, init_from=args.init_from, dryrun=args.dryrun, allow_pickle=args.allow_pickle_weights_only
+        config,
+        out,
+        init_from=args.init_from,
+        dryrun=args.dryrun,
+        allow_pickle=args.allow_pickle_weights_only,
+        device=args.device,
+        dtype=args.dtype,
     )
     print(f"checkpoint: {out}")
     print(
@@ -164,11 +180,12 @@ def _add_evaluate(sub, name: str) -> None:
         help="re-score a task checkpoint: greedy exact match and per-position accuracy",
         description="Greedy decoding of n + 1 tokens after '#'; prints the metrics (JSON with --json).",
     )
-    p.add_argument("checkpoint", help="checkpoint directory or shipped model name (e.g. relu-n10-forward)")
+    p.add_argument("checkpoint", help=f"{MODEL_HELP}; e.g. the shipped relu-n10-forward")
     p.add_argument("--data", required=True, help="a task file, e.g. .../relu/n=10/data.test")
     p.add_argument("--max-examples", type=positive_int, help="score only the first K lines")
     p.add_argument("--show", type=non_negative_int, default=5, help="sample generations to print")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    add_device_flags(p)
     add_pickle_flag(p)
     p.set_defaults(func=_evaluate)
 
@@ -184,6 +201,8 @@ def _evaluate(args) -> int:
         args.max_examples,
         show=args.show,
         allow_pickle=args.allow_pickle_weights_only,
+        device=args.device,
+        dtype=args.dtype,
     )
     if args.json:
         json.dump(result, sys.stdout, indent=2)

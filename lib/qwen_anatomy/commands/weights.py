@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from ..cli import positive_int, seed
+from ..registry import MODEL_HELP
 
 
 def register(sub) -> None:
@@ -17,7 +18,7 @@ def register(sub) -> None:
         help="per-tensor statistics and spectra of a checkpoint (CSV/Parquet/JSONL)",
         description="One row per stored tensor, streamed one tensor at a time; resumable.",
     )
-    p.add_argument("model", metavar="MODEL", help="checkpoint directory, .gguf file or built-in name")
+    p.add_argument("model", metavar="MODEL", help=f"{MODEL_HELP}; a GGUF is read as stored (quantised)")
     p.add_argument("--out", metavar="FILE", help="table path; .csv, .parquet or .jsonl picks the format")
     p.add_argument(
         "--spectra",
@@ -39,7 +40,7 @@ def register(sub) -> None:
         help="embedding / output-layer report and clustering sweep",
         description="Norms, no-token and duplicate rows, anisotropy, PCA, MiniBatchKMeans over a K grid.",
     )
-    e.add_argument("model", metavar="MODEL", help="checkpoint directory, .gguf file or built-in name")
+    e.add_argument("model", metavar="MODEL", help=f"{MODEL_HELP}; a GGUF is read as stored (quantised)")
     e.add_argument("--out", metavar="DIR", required=True, help="new directory for tables and figures")
     e.add_argument("--k", default="8,16,32,64,128,256", help="comma-separated K grid (default 8,...,256)")
     e.add_argument("--pca", type=int, default=128, help="PCA dimensions before clustering (0: none)")

@@ -71,16 +71,16 @@ def head_means(model: nn.Module, batch: EvalBatch, batch_size: int = 32) -> torc
         mask = sub.real_mask()
 
         def add(layer, z, mask=mask):
-            total[layer] += z[mask].double().sum(0)
+            total[layer] += z[mask].double().sum(0).cpu()
 
         capture_head_outputs(model, sub.input_ids, add)
         count += int(mask.sum())
     return (total / count).to(torch.float32)
 
 
-def _ablation_gates(lay: HeadLayout, units: list[Unit], batch: int) -> torch.Tensor:
+def _ablation_gates(lay: HeadLayout, units: list[Unit], batch: int, device=None) -> torch.Tensor:
     """[R·B, L, H] ones, replica r (rows r·B .. r·B+B-1) with unit r's heads at 0."""
-    gates = torch.ones(len(units) * batch, lay.num_layers, lay.num_heads)
+    gates = torch.ones(len(units) * batch, lay.num_layers, lay.num_heads, device=device)
     for r, unit in enumerate(units):
         gates[r * batch : (r + 1) * batch, unit.layer, list(unit.heads)] = 0.0
     return gates
@@ -126,12 +126,13 @@ def ablation_deltas(
         else:
             base_hidden = final_hidden(model, sub.input_ids)
         base_loss = loss_from_hidden(model, base_hidden, sub.targets)
-        base[sl] = base_loss
+        base[sl] = base_loss.cpu()
+        device = base_loss.device
         if method == "loop":
             for u, unit in enumerate(units):
-                gates = _ablation_gates(lay, [unit], 1)[0]  # [L, H]
+                gates = _ablation_gates(lay, [unit], 1, device)[0]  # [L, H]
                 h = final_hidden(model, sub.input_ids, gates=gates, mean_z=mean_z)
-                delta[sl, u] = loss_from_hidden(model, h, sub.targets) - base_loss
+                delta[sl, u] = (loss_from_hidden(model, h, sub.targets) - base_loss).cpu()
                 if progress:
                     progress(1)
             continue
@@ -146,7 +147,7 @@ def ablation_deltas(
             chunks = [order[i : i + replicas] for i in range(0, len(order), replicas)]
         for chunk in chunks:
             r = len(chunk)
-            gates = _ablation_gates(lay, [units[u] for u in chunk], b)
+            gates = _ablation_gates(lay, [units[u] for u in chunk], b, device)
             targets = sub.targets.repeat(r, 1)
             if method == "prefix":
                 layer = units[chunk[0]].layer
@@ -155,7 +156,7 @@ def ablation_deltas(
             else:
                 h = final_hidden(model, sub.input_ids.repeat(r, 1), gates=gates, mean_z=mean_z)
             losses = loss_from_hidden(model, h, targets).view(r, b)
-            delta[sl, chunk] = (losses - base_loss[None]).T
+            delta[sl, chunk] = (losses - base_loss[None]).T.cpu()
             if progress:
                 progress(r)
     return base, delta

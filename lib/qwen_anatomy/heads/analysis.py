@@ -15,7 +15,7 @@ import numpy as np
 from torch import nn
 
 from .ablation import ablation_deltas, group_units, head_means, head_units
-from .core import EvalBatch, HeadLayout, head_layout
+from .core import EvalBatch, HeadLayout, head_layout, model_device
 from .gradients import gate_gradients, gradient_proxies
 from .stats import (
     bootstrap_spearman,
@@ -101,6 +101,7 @@ def measure(
     """Gate gradients for every head; ablation Δloss for ``heads`` (flat indices; None = all) and,
     with ``groups``, for every KV group. ``progress(k)`` is told of k more ablation passes."""
     lay = head_layout(model)
+    batch = batch.to(model_device(model))  # inputs where the model is; results come back to the CPU
     g = gate_gradients(model, batch, batch_size)
     n = len(batch)
     all_units = head_units(lay)

@@ -42,13 +42,17 @@ class EvalBatch:
         return int(self.input_ids.shape[0])
 
     def subset(self, idx) -> EvalBatch:
-        idx = torch.as_tensor(idx, dtype=torch.long)
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.input_ids.device)
         t = int(self.lengths[idx].max())
         return EvalBatch(self.input_ids[idx, :t], self.targets[idx, :t], self.lengths[idx])
 
+    def to(self, device) -> EvalBatch:
+        """The same batch on another device (the model's)."""
+        return EvalBatch(self.input_ids.to(device), self.targets.to(device), self.lengths.to(device))
+
     def real_mask(self) -> torch.Tensor:
         """[E, T] bool, True at real (non-padding) positions."""
-        pos = torch.arange(self.input_ids.shape[1])
+        pos = torch.arange(self.input_ids.shape[1], device=self.input_ids.device)
         return pos[None, :] < self.lengths[:, None]
 
 
@@ -114,6 +118,11 @@ class HeadLayout:
         return head // self.group_size
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's parameters (where its inputs must go)."""
+    return next(model.parameters()).device
+
+
 def head_layout(model: nn.Module) -> HeadLayout:
     cfg = model.config
     heads = cfg.num_attention_heads
@@ -141,7 +150,7 @@ def _mix(z: torch.Tensor, gate: torch.Tensor, mean: torch.Tensor | None) -> torc
     g = g[:, None, :, None].to(z.dtype)
     out = z * g
     if mean is not None:
-        out = out + (1 - g) * mean[None, None].to(z.dtype)
+        out = out + (1 - g) * mean[None, None].to(device=z.device, dtype=z.dtype)
     return out
 
 
@@ -245,7 +254,7 @@ def loss_from_hidden(model: nn.Module, hidden: torch.Tensor, targets: torch.Tens
     logits = model.lm_head(hidden[mask])  # [N, V]
     ce = F.cross_entropy(logits.float(), targets[mask], reduction="none")
     rows = mask.nonzero()[:, 0]
-    total = torch.zeros(hidden.shape[0], dtype=ce.dtype).index_add_(0, rows, ce)
+    total = torch.zeros(hidden.shape[0], dtype=ce.dtype, device=ce.device).index_add_(0, rows, ce)
     return total / mask.sum(1).clamp(min=1)
 
 

@@ -39,7 +39,9 @@ def gate_gradients(
     for sl in batches(n, batch_size):
         sub = batch.subset(range(sl.start, sl.stop))
         mask = sub.real_mask().float()  # [B, T]
-        gate = torch.ones(len(sub), lay.num_layers, lay.num_heads, requires_grad=True)
+        gate = torch.ones(
+            len(sub), lay.num_layers, lay.num_heads, device=sub.input_ids.device, requires_grad=True
+        )
         norm_rows = {}
 
         def record(layer, z, mask=mask, norm_rows=norm_rows):
@@ -54,9 +56,9 @@ def gate_gradients(
                 h.remove()
         loss = loss_from_hidden(model, hidden, sub.targets)
         (g,) = torch.autograd.grad(loss.sum(), gate)
-        grads[sl] = g
-        norms[sl] = torch.stack([norm_rows[i] for i in range(lay.num_layers)], 1)
-        losses[sl] = loss.detach()
+        grads[sl] = g.cpu()
+        norms[sl] = torch.stack([norm_rows[i] for i in range(lay.num_layers)], 1).float().cpu()
+        losses[sl] = loss.detach().cpu()
     return {"grad": grads, "norm": norms, "loss": losses}
 
 

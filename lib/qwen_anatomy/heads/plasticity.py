@@ -86,8 +86,8 @@ def update_magnitudes(model0: nn.Module, model1: nn.Module) -> dict[str, np.ndar
     out = {name: np.zeros((lay.num_layers, lay.num_heads)) for name in keys}
     out |= {name: np.zeros((lay.num_layers, lay.num_kv_heads)) for name in ("U_KV", "Urel_KV")}
     for layer in range(lay.num_layers):
-        delta = {k: v.numpy() for k, v in _split_squares(model0, model1, layer).items()}
-        init = {k: v.numpy() for k, v in _split_squares(model0, None, layer).items()}
+        delta = {k: v.cpu().numpy() for k, v in _split_squares(model0, model1, layer).items()}
+        init = {k: v.cpu().numpy() for k, v in _split_squares(model0, None, layer).items()}
         for src, tag in ((delta, "U"), (init, "N")):
             qo = src["q"] + src["o"]
             kv = src["k"] + src["v"]

@@ -154,20 +154,27 @@ def check_task_checkpoint(checkpoint: str | Path, allow_pickle: bool = False, ma
     return path, model_type, pickled
 
 
-def load_task_model(checkpoint: str | Path, allow_pickle: bool = False):
-    """A checkpoint of this strand as a model ready for :func:`greedy_outputs`.
+def load_task_model(checkpoint: str | Path, allow_pickle: bool = False, device="cpu", dtype="float32"):
+    """A checkpoint of this strand as a model ready for :func:`greedy_outputs`, on ``device`` in
+    ``dtype`` (see :mod:`qwen_anatomy.devices`).
 
     Qwen2 checkpoints load with our own loader (qwen_anatomy.loading); BART ones with transformers.
     Both refuse pickle weights unless ``allow_pickle`` (then read with ``weights_only=True``).
     """
+    from ..devices import resolve
+
+    device, dtype = resolve(device, dtype)
     path, model_type, pickled = check_task_checkpoint(checkpoint, allow_pickle)
     if model_type == "bart":
         from transformers import BartForConditionalGeneration
 
-        return BartForConditionalGeneration.from_pretrained(path, use_safetensors=not pickled).eval()
+        model = BartForConditionalGeneration.from_pretrained(path, use_safetensors=not pickled, dtype=dtype)
+        return model.to(device).eval()
     from ..loading import load_model
 
-    model, _ = load_model(path, with_tokenizer=False, weights_only_pickle=allow_pickle)
+    model, _ = load_model(
+        path, with_tokenizer=False, weights_only_pickle=allow_pickle, device=device, dtype=dtype
+    )
     return model
 
 
@@ -178,18 +185,23 @@ def evaluate(
     batch_size: int = 500,
     show: int = 5,
     allow_pickle: bool = False,
+    device="cpu",
+    dtype="float32",
 ) -> dict:
     """Re-score a checkpoint on a task file: exact match, per-position accuracy, sample generations.
 
     ``checkpoint``: a directory, or a model name shipped in data/models/ (e.g. ``relu-n10-forward``).
     ``data_file``: a file written by ``qwen-anatomy tasks generate``; the first ``max_examples``
     lines are used when given. ``allow_pickle``: read pickle-only checkpoints with
-    ``torch.load(weights_only=True)`` (refused otherwise).
+    ``torch.load(weights_only=True)`` (refused otherwise). ``device``, ``dtype``: where and in what
+    precision the model runs (checked first).
     """
     import torch
 
+    from ..devices import resolve
     from .generators import read_task_file
 
+    device, dtype = resolve(device, dtype)
     if max_examples is not None and max_examples < 1:
         raise UserInputError(f"max_examples {max_examples} must be a positive integer")
     xs, ys = read_task_file(data_file, max_examples, one_length=True)
@@ -199,7 +211,7 @@ def evaluate(
     check_range(ys, str(data_file))
     max_id = max(encode_ints([max(max(r) for r in xs + ys)]) + [SEP_ID, EOS_ID])
     check_task_checkpoint(checkpoint, allow_pickle, max_id)  # before the model is loaded
-    model = load_task_model(checkpoint, allow_pickle)
+    model = load_task_model(checkpoint, allow_pickle, device, dtype)
     with torch.inference_mode():
         predictions = greedy_outputs(model, xs, batch_size)
     result = score(predictions, xs, ys, show)

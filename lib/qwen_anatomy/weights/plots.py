@@ -38,7 +38,8 @@ def value_histograms(samples: dict, bins: int = 200, title: str = "Weight values
 
 
 def quant_block(values_block: np.ndarray, title: str = "One quantisation block"):
-    """The 32 dequantised values of one Q4_1 block against their index (they sit on a 16-level grid)."""
+    """The 32 dequantised values of one 4-bit block (Q4_0, Q4_1, Q4_K) against their index (they sit on a
+    grid of at most 16 levels)."""
     fig, ax = figure(width=6.4, height=3.0)
     ax.plot(np.arange(values_block.size), values_block, "o")
     for level in np.unique(values_block):
