@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from clicheck import one_line_error
 from qwen_anatomy.cli import main
 from qwen_anatomy.config import tiny_config
 from qwen_anatomy.loading import CheckpointError, ModelNotFound, load_model, resolve_model, save_checkpoint
@@ -134,13 +135,6 @@ def test_resolve_errors(tmp_path):
 
 
 # -- command line ---------------------------------------------------------------------------------
-def one_line_error(capsys, argv) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def exits_2(capsys, argv) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from clicheck import one_line_error
 from qwen_anatomy import realmodels
 from qwen_anatomy.realmodels import ModelFileError, Part, SplitGGUF
 
@@ -76,17 +77,6 @@ def part_file(fake, n: int) -> Path:
     return fake["site"] / fake["model"].parts[n - 1].path
 
 
-def cli_one_line_error(capsys, argv) -> str:
-    from qwen_anatomy.cli import main
-
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
 def nothing_left_in_cache(cache: Path) -> None:
     """No assembled file, no temporary file, no conversion started."""
     assert not (cache / "converted").exists()
@@ -129,7 +119,7 @@ def test_changed_byte_is_one_line_exit_2_before_conversion(fake, capsys):
     data = bytearray(f.read_bytes())
     data[len(data) // 2] ^= 0x01
     f.write_bytes(bytes(data))
-    line = cli_one_line_error(capsys, ["info", NAME])
+    line = one_line_error(capsys, ["info", NAME])
     assert line.startswith("qwen-anatomy info: error: ")
     assert f"expected {fake['model'].sha256}" in line
     assert str(f) in line and "RECORD" in line  # the altered part is named
@@ -141,19 +131,19 @@ def test_truncated_part_is_one_line_exit_2(fake, capsys):
     f = part_file(fake, 3)
     f.write_bytes(f.read_bytes()[:-7])
     expected = fake["model"].parts[2].size
-    line = cli_one_line_error(capsys, ["info", NAME])
+    line = one_line_error(capsys, ["info", NAME])
     assert str(f) in line and f"{expected - 7:,} bytes, expected {expected:,}" in line
     nothing_left_in_cache(fake["cache"])
 
 
 def test_missing_part_file_and_missing_package(fake, capsys, monkeypatch):
     part_file(fake, 1).unlink()
-    line = cli_one_line_error(capsys, ["info", NAME])
+    line = one_line_error(capsys, ["info", NAME])
     assert f"{part_file(fake, 1)} is missing from qa-fake-part1 0.9.0" in line
     absent = Part(dist="qa-not-installed-part", version="0.9.0", path="x/part.bin", size=1)
     model = SplitGGUF(name=NAME, parts=(absent,), size=1, sha256="0" * 64, description="fake")
     monkeypatch.setitem(realmodels.SPLIT_MODELS, NAME, model)
-    line = cli_one_line_error(capsys, ["info", NAME])
+    line = one_line_error(capsys, ["info", NAME])
     assert "needs the package qa-not-installed-part==0.9.0 (not installed)" in line
 
 

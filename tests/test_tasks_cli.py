@@ -4,17 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from clicheck import one_line_error
 from qwen_anatomy.cli import main
-
-
-def _one_line_error(capsys, argv, match):
-    code = main(argv) if not isinstance(argv, str) else None
-    err = capsys.readouterr().err
-    assert code == 2
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    assert match in lines[0], lines[0]
 
 
 def _exit_code(capsys, argv):
@@ -89,7 +80,7 @@ def test_generate_index_and_no_inverse(tmp_path, capsys):
     ],
 )
 def test_generate_bad_inputs(tmp_path, capsys, extra, match):
-    _one_line_error(capsys, ["tasks", "generate", *extra, "--output-root", str(tmp_path)], match)
+    one_line_error(capsys, ["tasks", "generate", *extra, "--output-root", str(tmp_path)], match)
     assert not any(tmp_path.iterdir())  # validated before anything was written
 
 
@@ -123,30 +114,30 @@ def test_generate_refuses_to_overwrite(tmp_path, capsys):
     ]
     assert main(argv) == 0
     capsys.readouterr()
-    _one_line_error(capsys, argv, "already exists")
+    one_line_error(capsys, argv, "already exists")
     assert main([*argv, "--overwrite"]) == 0
 
 
 def test_train_bad_inputs(tmp_path, capsys):
-    _one_line_error(capsys, ["train", "--config", str(tmp_path / "missing.yaml")], "does not exist")
+    one_line_error(capsys, ["train", "--config", str(tmp_path / "missing.yaml")], "does not exist")
     cfg = tmp_path / "c.yaml"
     cfg.write_text("task:\n  name: relu\n  n: 10\ntraining:\n  batch_size: 0\n")
-    _one_line_error(
+    one_line_error(
         capsys, ["train", "--config", str(cfg)], "training.batch_size 0 must be a positive integer"
     )
     cfg.write_text("task:\n  name: index\n  n: 13\n")
-    _one_line_error(capsys, ["tasks", "train", "--config", str(cfg)], "needs --m")
+    one_line_error(capsys, ["tasks", "train", "--config", str(cfg)], "needs --m")
     cfg.write_text("task:\n  nme: relu\n")
-    _one_line_error(capsys, ["train", "--config", str(cfg)], "unknown config key")
+    one_line_error(capsys, ["train", "--config", str(cfg)], "unknown config key")
     cfg.write_text("task:\n  name: relu\n")
-    _one_line_error(
+    one_line_error(
         capsys, ["train", "--config", str(cfg), "--set", "training.sed=1"], "unknown key 'training.sed'"
     )
-    _one_line_error(capsys, ["train", "--config", str(cfg), "--set", "task.order=sideways"], "task.order")
+    one_line_error(capsys, ["train", "--config", str(cfg), "--set", "task.order=sideways"], "task.order")
 
 
 def test_evaluate_bad_inputs(tmp_path, capsys):
     data = tmp_path / "d.test"
-    _one_line_error(capsys, ["evaluate", "relu-n10-forward", "--data", str(data)], "does not exist")
+    one_line_error(capsys, ["evaluate", "relu-n10-forward", "--data", str(data)], "does not exist")
     data.write_text("1 2 # 1 3\n")
-    _one_line_error(capsys, ["evaluate", str(tmp_path / "nope"), "--data", str(data)], "does not exist")
+    one_line_error(capsys, ["evaluate", str(tmp_path / "nope"), "--data", str(data)], "does not exist")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clicheck import one_line_error
 from qwen_anatomy.cli import main
 from qwen_anatomy.config import tiny_config
 from qwen_anatomy.weights import safetensors_io as sio
@@ -19,22 +20,13 @@ from qwen_anatomy.weights import synthetic
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _one_line_error(capsys, argv, match):
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert match in err, err
-    return err
-
-
 @pytest.fixture
 def tiny(tmp_path):
     return synthetic.write_random_checkpoint(tmp_path / "tiny", tiny_config(), dtype="BF16", seed=0)
 
 
 def test_missing_path(capsys, tmp_path):
-    _one_line_error(
+    one_line_error(
         capsys, ["params", str(tmp_path / "nope"), "--out", str(tmp_path / "t.csv")], "does not exist"
     )
 
@@ -42,16 +34,16 @@ def test_missing_path(capsys, tmp_path):
 def test_directory_without_weights(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text("{}")
-    _one_line_error(capsys, ["params", str(tmp_path / "empty"), "--describe"], "holds no *.safetensors")
+    one_line_error(capsys, ["params", str(tmp_path / "empty"), "--describe"], "holds no *.safetensors")
 
 
 def test_truncated_safetensors(capsys, tiny, tmp_path):
     f = tiny / "model.safetensors"
     data = f.read_bytes()
     f.write_bytes(data[: len(data) - 100])
-    _one_line_error(capsys, ["params", str(tiny), "--out", str(tmp_path / "t.csv")], "is truncated")
+    one_line_error(capsys, ["params", str(tiny), "--out", str(tmp_path / "t.csv")], "is truncated")
     f.write_bytes(data[:5])
-    _one_line_error(capsys, ["params", str(tiny), "--describe"], "is truncated")
+    one_line_error(capsys, ["params", str(tiny), "--describe"], "is truncated")
 
 
 def test_header_offsets_exceed_file(capsys, tiny, tmp_path):
@@ -62,7 +54,7 @@ def test_header_offsets_exceed_file(capsys, tiny, tmp_path):
     header[name]["data_offsets"] = [b + 10**9, e + 10**9]
     blob = json.dumps(header).encode()
     f.write_bytes(struct.pack("<Q", len(blob)) + blob + f.read_bytes()[start:])
-    _one_line_error(capsys, ["params", str(tiny), "--out", str(tmp_path / "t.csv")], "exceed the file")
+    one_line_error(capsys, ["params", str(tiny), "--out", str(tmp_path / "t.csv")], "exceed the file")
 
 
 def test_header_that_lies_about_sizes(capsys, tiny, tmp_path):
@@ -72,7 +64,7 @@ def test_header_that_lies_about_sizes(capsys, tiny, tmp_path):
     header[name]["shape"] = [header[name]["shape"][0] + 1, header[name]["shape"][1]]
     blob = json.dumps(header).encode()
     f.write_bytes(struct.pack("<Q", len(blob)) + blob + f.read_bytes()[start:])
-    _one_line_error(capsys, ["params", str(tiny), "--describe"], "header lies")
+    one_line_error(capsys, ["params", str(tiny), "--describe"], "header lies")
 
 
 def test_unknown_architecture_is_analysed_generically(capsys, tmp_path):
@@ -99,19 +91,19 @@ def test_unknown_architecture_is_analysed_generically(capsys, tmp_path):
 
 
 def test_bad_out_extension_and_existing_out(capsys, tiny, tmp_path):
-    _one_line_error(capsys, ["params", str(tiny), "--out", str(tmp_path / "t.xlsx")], "unknown table format")
+    one_line_error(capsys, ["params", str(tiny), "--out", str(tmp_path / "t.xlsx")], "unknown table format")
     (tmp_path / "t.csv").write_text("x")
-    _one_line_error(capsys, ["params", str(tiny), "--out", str(tmp_path / "t.csv")], "already exists")
+    one_line_error(capsys, ["params", str(tiny), "--out", str(tmp_path / "t.csv")], "already exists")
 
 
 def test_bad_k_values(capsys, tiny, tmp_path):
-    _one_line_error(
+    one_line_error(
         capsys, ["embeddings", str(tiny), "--out", str(tmp_path / "e1"), "--k", "8,x"], "not an integer"
     )
-    _one_line_error(
+    one_line_error(
         capsys, ["embeddings", str(tiny), "--out", str(tmp_path / "e2"), "--k", "8,500"], "larger than"
     )
-    _one_line_error(capsys, ["embeddings", str(tiny), "--out", str(tmp_path / "e3"), "--k", "1"], ">= 2")
+    one_line_error(capsys, ["embeddings", str(tiny), "--out", str(tmp_path / "e3"), "--k", "1"], ">= 2")
 
 
 def test_download_offline_fails_fast(capsys, tmp_path, monkeypatch):
@@ -123,7 +115,7 @@ def test_download_offline_fails_fast(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", never)
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", never)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    err = _one_line_error(capsys, ["download", "Qwen/Qwen2.5-0.5B", "--out", str(tmp_path / "d")], "offline")
+    err = one_line_error(capsys, ["download", "Qwen/Qwen2.5-0.5B", "--out", str(tmp_path / "d")], "offline")
     assert "local checkpoint directory" in err
     assert not (tmp_path / "d").exists()
 
@@ -136,11 +128,11 @@ def test_download_without_network_is_one_line(capsys, tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", no_network)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    err = _one_line_error(
+    err = one_line_error(
         capsys, ["download", "Qwen/Qwen2.5-0.5B", "--out", str(tmp_path / "d")], "cannot reach"
     )
     assert "local checkpoint directory" in err
-    _one_line_error(capsys, ["download", "not-a-hub-id", "--out", str(tmp_path / "d")], "not a hub id")
+    one_line_error(capsys, ["download", "not-a-hub-id", "--out", str(tmp_path / "d")], "not a hub id")
 
 
 def test_describe_subprocess_is_fast_and_imports_no_torch(tiny):
