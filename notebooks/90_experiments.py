@@ -17,7 +17,7 @@
 # knobs at book-scale defaults. That cell makes each chapter an *experiment*: run it again with
 # other values, or over a grid of values, and you get new results without touching the code.
 # This chapter shows the machinery (`qwen-anatomy run` and `qwen-anatomy results`, in
-# `lib/qwen_anatomy/experiments.py`), runs a small grid live, and then aggregates a committed grid
+# the package `lib/qwen_anatomy/experiments/`), runs a small grid live, and then aggregates a committed grid
 # of real runs of chapter 1 across seeds, with means and Student-t intervals.
 
 # %% tags=["parameters"]

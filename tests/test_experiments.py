@@ -69,7 +69,7 @@ def test_save_metrics_inside_a_run_goes_to_the_run_dir_and_merges(tmp_path, monk
 
 def test_save_metrics_interactively_goes_to_scratch_and_says_where(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(experiments.RUN_DIR_ENV, raising=False)
-    monkeypatch.setattr(experiments, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(experiments.metrics, "REPO_ROOT", tmp_path)
     path = experiments.save_metrics({"acc": 0.9})
     assert path.parent == tmp_path / "scratch" / "metrics"
     assert path.name.endswith("-metrics.json")
@@ -323,7 +323,7 @@ def test_finalise_repairs_a_worker_that_died_without_a_record(tmp_path):
     run_dir = tmp_path / "exp_tiny" / "x"
     run_dir.mkdir(parents=True)
     (run_dir / "runner.log").write_text("ImportError: boom\n")
-    assert experiments._finalise_record(run_dir, 1) == "failed"
+    assert experiments.runner._finalise_record(run_dir, 1) == "failed"
     assert "boom" in json.loads((run_dir / "run.json").read_text())["error"]
     with pytest.raises(UserInputError):
         experiments.parse_shard("2/1")

@@ -146,7 +146,7 @@ def check_model(model: str) -> Path:
 
 
 def _ci_parameters(ci_params_file: Path) -> dict[str, dict[str, Any]]:
-    from .experiments import _load_yaml_mapping
+    from .experiments.params import _load_yaml_mapping
 
     data = _load_yaml_mapping(ci_params_file, "CI parameters")
     for stem, values in data.items():
@@ -164,7 +164,7 @@ def plan_book(
 ) -> list[ChapterPlan]:
     """Every chapter to build with the parameters it will run with, each checked against its
     ``parameters`` cell (names and types) as ``qwen-anatomy run`` checks them. Nothing runs."""
-    from .experiments import NOTEBOOKS_DIR, _coerce_file_value, check_parameter, notebook_parameters
+    from .experiments.params import NOTEBOOKS_DIR, _coerce_file_value, check_parameter, notebook_parameters
 
     if scale not in SCALES:
         raise UserInputError(f"--scale {scale!r} is not one of {', '.join(SCALES)}")

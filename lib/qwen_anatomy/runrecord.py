@@ -46,25 +46,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
-def _json_default(obj: Any):
-    try:
-        import numpy as np
-
-        if isinstance(obj, np.generic):
+def json_default(obj: Any):
+    """``json.dumps(default=...)`` for what results hold besides plain types: numpy and torch scalars
+    and arrays (duck-typed through ``item``/``tolist``, so torch is never imported), paths, sets and
+    tuples. Anything else is a TypeError naming its type."""
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        try:
             return obj.item()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-    except ImportError:  # pragma: no cover
-        pass
+        except (TypeError, ValueError):  # an array of several values: fall through to tolist
+            pass
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays, torch tensors
+        return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, set | tuple):
         return list(obj)
-    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+    raise TypeError(f"cannot store a {type(obj).__name__} as JSON; pass numbers, strings or lists")
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=json_default, allow_nan=True) + "\n")
 
 
 def refuse_overwrite(path: str | os.PathLike, what: str = "output") -> Path:
