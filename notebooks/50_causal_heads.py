@@ -462,18 +462,7 @@ reference = saved["comprehensive"].results
 
 # %%
 comparison = saved["comparison"]
-display(Markdown(causal_report.suite_description(comparison)))
-table, text = causal_report.suite_summary(comparison.results, reference)
-display(causal_report.variant_pivot(table))
-for metric in ("num_f1", "mae"):
-    causal_plots.metric_bars(
-        comparison.results,
-        metric,
-        baseline=reference,
-        log_scale=metric == "mae",
-        title=f"comparison suite, {saved_suites_model}",
-    )
-display(Markdown(text))
+causal_report.show_suite(comparison, reference, saved_suites_model)
 display(causal_report.threshold_sums(comparison.results))
 display(Markdown(causal_report.threshold_sentence(comparison.results, CausalConfig().threshold)))
 
@@ -484,18 +473,7 @@ display(Markdown(causal_report.threshold_sentence(comparison.results, CausalConf
 
 # %%
 ablation = saved["ablation"]
-display(Markdown(causal_report.suite_description(ablation)))
-table, text = causal_report.suite_summary(ablation.results, reference)
-display(causal_report.variant_pivot(table))
-for metric in ("num_f1", "mae"):
-    causal_plots.metric_bars(
-        ablation.results,
-        metric,
-        baseline=reference,
-        log_scale=metric == "mae",
-        title=f"ablation suite, {saved_suites_model}",
-    )
-display(Markdown(text))
+causal_report.show_suite(ablation, reference, saved_suites_model)
 
 # %% [markdown]
 # The initialization suite varies the prior scale $\gamma_0$ and replaces the identity abduction by a random
@@ -503,18 +481,7 @@ display(Markdown(text))
 
 # %%
 initialization = saved["initialization"]
-display(Markdown(causal_report.suite_description(initialization)))
-table, text = causal_report.suite_summary(initialization.results, reference)
-display(causal_report.variant_pivot(table))
-for metric in ("num_f1", "mae"):
-    causal_plots.metric_bars(
-        initialization.results,
-        metric,
-        baseline=reference,
-        log_scale=metric == "mae",
-        title=f"initialization suite, {saved_suites_model}",
-    )
-display(Markdown(text))
+causal_report.show_suite(initialization, reference, saved_suites_model)
 
 # %% [markdown]
 # ## What the numbers say, and what they do not

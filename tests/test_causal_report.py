@@ -209,3 +209,28 @@ def test_variant_pivot_keeps_suite_order():
     pivot = report.variant_pivot(table)
     assert list(pivot.index) == ["z", "a"]
     assert pivot.loc["a", ("num_f1", "qa")] == 0.2
+
+
+def test_show_suite_displays_description_pivot_two_charts_and_the_summary(tmp_path, monkeypatch):
+    import IPython.display
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reference = suite("comprehensive", [variant("CausalQwen"), variant("baseline", "baseline", f1=0.6)])
+    res = suite("ablation", [variant("a", f1=0.9, mae=4.0), variant("b", f1=0.3)])
+    save(tmp_path, res, "20260101T000000Z")
+    saved = report.load_suite("ablation", "m", tmp_path)
+    plt.close("all")
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    assert report.show_suite(saved, reference, "m") is None  # a cell ending with it shows nothing extra
+    description, pivot, summary = shown
+    assert description.data == report.suite_description(saved)
+    assert list(pivot.index) == ["a", "b"]
+    assert summary.data == report.suite_summary(res, reference)[1]
+    titles = [plt.figure(n).axes[0].get_title() for n in plt.get_fignums()]
+    assert titles == ["ablation suite, m", "ablation suite, m"]  # F1 and MAE charts, nothing else
+    assert [plt.figure(n).axes[0].get_yscale() for n in plt.get_fignums()] == ["linear", "log"]
+    plt.close("all")

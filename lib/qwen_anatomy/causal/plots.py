@@ -57,6 +57,21 @@ def metric_bars(
     return fig
 
 
+def suite_bars(results: dict, baseline: dict, model: str) -> list:
+    """The two bar charts every suite of chapter 50 gets: <NUM> F1 and the MAE of predicted numbers
+    (log scale), each against the baseline of the same backbone."""
+    return [
+        metric_bars(
+            results,
+            metric,
+            baseline=baseline,
+            log_scale=metric == "mae",
+            title=f"{results['suite']} suite, {model}",
+        )  # fmt: skip
+        for metric in ("num_f1", "mae")
+    ]
+
+
 def training_curves(logs: dict[str, list[dict]], title: str = "training health"):
     """Four panels per run: loss parts, <NUM> accuracy, median scale of U, median sum_k P_k."""
     fig, axes = plotting.figure(ncols=4, width=3.2, height=2.8)

@@ -407,3 +407,19 @@ def head_sizes_sentence(saved: dict[str, SavedSuite]) -> str:
         f"On `{first['model']}` the class head has {first['vocab_size']:,} rows of {h} entries and the identity "
         f"abduction is {h} × {h}. The saved runs trained at {rate_txt} (from their configurations)."
     )
+
+
+def show_suite(saved: SavedSuite, reference: dict, model: str) -> None:
+    """Chapter 50's presentation of one suite against the baseline ``reference`` (a comprehensive
+    suite's results): what it varies, the variant pivot, the two bar charts of
+    :func:`qwen_anatomy.causal.plots.suite_bars`, and the computed summary sentence (displayed;
+    nothing is returned, so a notebook cell ending with the call shows no extra output)."""
+    from IPython.display import Markdown, display
+
+    from .plots import suite_bars
+
+    display(Markdown(suite_description(saved)))
+    table, text = suite_summary(saved.results, reference)
+    display(variant_pivot(table))
+    suite_bars(saved.results, reference, model)
+    display(Markdown(text))
