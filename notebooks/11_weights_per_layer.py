@@ -34,7 +34,8 @@
 # power law $p(\lambda)\propto\lambda^{-\alpha}$ above a cut-off $x_{\min}$ chosen by the smallest
 # Kolmogorov–Smirnov distance (maximum-likelihood $\alpha$, Clauset et al.). WeightWatcher reads
 # $\alpha$ in 2–6 as well trained, $\alpha > 6$ as little structure (random-like), $\alpha < 2$ as
-# very heavy-tailed.
+# very heavy-tailed. Our default rule and WeightWatcher's own choose $x_{\min}$ differently; the last
+# section compares them.
 
 # %% tags=["parameters"]
 model = "qwen2.5-coder-0.5b"  # built-in name, checkpoint directory or .gguf file
@@ -52,6 +53,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from qwen_anatomy.modelnames import model_label
+from qwen_anatomy.weights import alpha as alpha_fits
 from qwen_anatomy.weights import plots, stats
 from qwen_anatomy.weights.checkpoint import open_checkpoint
 from qwen_anatomy.weights.table import analyse
@@ -192,5 +194,40 @@ display(
         f"WeightWatcher's 2–6 band, {bands.get('α > 6', 0):.0%} above it. The most heavy-tailed type is "
         f"**{by_type.index[0]}** (median α {by_type.iloc[0]:.2f}), the least **{by_type.index[-1]}** "
         f"({by_type.iloc[-1]:.2f})."
+    )
+)
+
+# %% [markdown]
+# ## Two rules for the cut-off: ours and WeightWatcher's
+#
+# Every α above comes from the same maximum-likelihood formula, $\hat\alpha = 1 + n / \sum_i
+# \ln(\lambda_i / x_{\min})$ over the $n$ eigenvalues at or above $x_{\min}$; what differs between
+# tools is which $x_{\min}$ they keep. Ours (the table's default) considers only tails of at least 10
+# eigenvalues and measures the fit by the two-sided Kolmogorov–Smirnov distance, the largest gap
+# between the fitted and the empirical CDF on either side of each step. WeightWatcher
+# (`qwen-anatomy params --alpha-method ww` reproduces it to rounding, checked against WeightWatcher
+# itself on SmolLM2) allows tails down to 2 eigenvalues and measures the gap only just below each
+# step, a distance that is never larger. On a few closely spaced top eigenvalues it can then find a
+# tiny "tail" with a steep α. The standard error of $\hat\alpha$, $(\alpha - 1)/\sqrt{n}$, says how
+# much such an α can be trusted.
+#
+# Each point below is one matrix: on the diagonal both rules agree; the grey band is ±0.5. Look for
+# the crosses far above the band: matrices where WeightWatcher's α rests on fewer than 10 eigenvalues.
+
+# %%
+eigenvalues = alpha_fits.matrix_spectra(model, include=include)
+comparison = alpha_fits.compare_alpha_methods(eigenvalues)
+fig = alpha_fits.scatter(comparison)
+display(Markdown(alpha_fits.alpha_default_verdict(alpha_fits.alpha_method_summary(comparison))))
+
+# %% [markdown]
+# The largest disagreements, with each rule's tail size and two-sided KS distance (`ks_ww_own` is the
+# one-sided distance WeightWatcher minimises):
+
+# %% tags=["hide-input"]
+widest = comparison.sort_values("abs_diff", ascending=False).head(8)
+display(
+    widest[["name", "alpha_ours", "tail_ours", "ks_ours", "alpha_ww", "tail_ww", "ks_ww", "ks_ww_own"]].round(
+        3
     )
 )

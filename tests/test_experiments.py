@@ -369,3 +369,16 @@ def test_aggregate_on_the_log_scale_gives_a_geometric_mean_and_ratio():
     assert paired["n"].iloc[0] == 3 and paired["high"].iloc[0] < 1  # consistently lower in every pair
     plain = experiments.paired_differences(frame, "order", "ppl", "seed")
     assert plain["mean"].iloc[0] == pytest.approx(np.mean([-10.0, -44.0, -18.0]))
+
+
+def test_worker_env_is_offline_without_hub_progress_widgets_and_keeps_the_callers_choices():
+    from qwen_anatomy.experiments.runner import KERNEL_ENV, worker_env
+
+    env = worker_env({"TRANSFORMERS_VERBOSITY": "info", "PYTHONPATH": "/x"}, jobs=2)
+    assert env["HF_HUB_OFFLINE"] == env["TRANSFORMERS_OFFLINE"] == "1"
+    assert env["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"  # a notebook widget would load JS from a CDN
+    assert env["TRANSFORMERS_VERBOSITY"] == "info"  # set by the caller: kept
+    assert env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(experiments.params.REPO_ROOT / "lib"), "/x"]
+    assert "OMP_NUM_THREADS" not in worker_env({}, jobs=1)
+    assert set(KERNEL_ENV) <= set(worker_env({}, jobs=1))

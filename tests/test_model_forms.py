@@ -190,6 +190,18 @@ def argv_for(command: str, model: str, fx: dict, out: Path) -> list[str]:
             "--max-rows",
             "60",
         ]
+    if command == "tokens":
+        return [
+            "tokens",
+            model,
+            "--out",
+            str(out / "tok"),
+            "--candidates",
+            "4",
+            "--control",
+            "3",
+            "--no-progress",
+        ]
     if command == "generate":
         return ["generate", "--model", model, "--prompt", "The answer is", "--max-new-tokens", "3"]
     if command == "verify":
@@ -223,6 +235,7 @@ CHEAP = ["info", "params --describe"]
 COMMANDS = CHEAP + [
     "params",
     "embeddings",
+    "tokens",
     "generate",
     "verify",
     "heads",

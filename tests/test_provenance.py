@@ -1,6 +1,6 @@
 """Committed results name a clean commit in main's history that holds the code that produced them.
 
-The rule is in data/README.md. KNOWN_EXCEPTIONS below is the one visible list of committed results
+The rule is in data/README.md. KNOWN_EXCEPTIONS (in qwen_anatomy.provenance) is the one visible list of committed results
 that break it today, each with the open issue that regenerates it; it must be empty once those
 issues are closed, and a test fails when an exception no longer matches anything (stale entries go).
 """
@@ -14,20 +14,8 @@ from pathlib import Path
 import pytest
 
 from qwen_anatomy.paths import REPO_ROOT
-from qwen_anatomy.provenance import check_record, check_repository
+from qwen_anatomy.provenance import KNOWN_EXCEPTIONS, check_record, check_repository
 from qwen_anatomy.runrecord import git_state
-
-# glob over the record's path -> why it is still here and which issue regenerates it.
-KNOWN_EXCEPTIONS: dict[str, str] = {
-    "data/results/tasks/*": "issue 16 (length sweep) regenerates every task run from a clean commit",
-    "data/models/relu-n10-forward/*": "issue 15 replaces the synthetic heads pair (θ0) and retrains it",
-    "data/models/square-n10-forward/*": "issue 16 retrains the shipped task models with the sweep",
-    "data/results/heads/*": "issue 15 regenerates the heads experiments (real pair, N >= 96)",
-    "data/results/causal/*": "issue 14 regenerates every CausalQwen suite with seeds on Qwen2.5",
-    "data/models/causal-tiny-lm/*": "issue 14 retrains the tiny CausalQwen backbone with the new data",
-    "bench/results/heads.json": "issue 15 extends bench/heads.py with the SmolLM2 case and reruns it",
-    "bench/results/weights_*.json": "issue 13 adds the 7B-embedding case to bench/weights.py and reruns it",
-}
 
 
 def _excepted(problem_path: str) -> str | None:

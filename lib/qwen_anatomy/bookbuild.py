@@ -5,7 +5,9 @@ chapter's parameters, parsed from its ``parameters`` cell as ``qwen-anatomy run`
 every chapter of ``_toc.yml`` through the experiment runner (:func:`qwen_anatomy.experiments.run_experiments`:
 papermill, one worker process per chapter, a run record each). A chapter whose ``parameters`` cell has a
 ``model`` parameter runs with ``model=MODEL``; the others run at their defaults. At ``scale="ci"`` the
-values of ``tests/ci-params.yml`` are laid over the defaults first (quick tries, tests).
+values of ``tests/ci-params.yml`` are laid over the defaults first (quick tries, tests). The landing page
+(``_toc.yml``'s root, ``notebooks/index``) is built every time, ``--chapters`` or not: it is the book's
+first page, takes no model and reads only committed results (:mod:`qwen_anatomy.landing`).
 
 Each executed notebook gets one note under its title saying what it ran on (the model, or "it takes no
 model"), the scale and the overridden parameters. The notebooks are then rendered by Jupyter Book 1
@@ -74,13 +76,27 @@ def _read_toc(toc_file: Path = TOC_FILE) -> dict:
     return yaml.safe_load(toc_file.read_text())
 
 
+def toc_root(toc_file: Path = TOC_FILE) -> str | None:
+    """The stem of the book's first page when it is a notebook (the landing page, ``notebooks/index``),
+    else None. Every build includes it: Jupyter Book needs its root page."""
+    root = str(_read_toc(toc_file).get("root", ""))
+    return root.removeprefix("notebooks/") if root.startswith("notebooks/") else None
+
+
 def toc_chapters(toc_file: Path = TOC_FILE) -> list[str]:
-    """The stems of the notebooks ``_toc.yml`` lists (``notebooks/<stem>``), in reading order."""
+    """The stems of the notebooks ``_toc.yml`` lists (``notebooks/<stem>``), in reading order: the root
+    page first when it is a notebook."""
     toc = _read_toc(toc_file)
-    files = _toc_files(toc.get("chapters")) + [
-        f for part in toc.get("parts", []) for f in _toc_files(part.get("chapters"))
-    ]
+    files = [str(toc.get("root", ""))] + _toc_files(toc.get("chapters"))
+    files += [f for part in toc.get("parts", []) for f in _toc_files(part.get("chapters"))]
     return list(dict.fromkeys(f.removeprefix("notebooks/") for f in files if f.startswith("notebooks/")))
+
+
+def with_root(stems: list[str], toc_file: Path = TOC_FILE) -> list[str]:
+    """``stems`` with the root notebook first (a book cannot be rendered without its first page; the
+    landing page reads committed files only and runs in seconds)."""
+    root = toc_root(toc_file)
+    return stems if root is None or root in stems else [root, *stems]
 
 
 def select_chapters(requested: list[str] | None, known: list[str]) -> list[str]:
@@ -213,7 +229,12 @@ def chapter_note(plan: ChapterPlan, model: str, scale: str) -> str:
         )
     else:
         how = "at its book-scale defaults"
-    if plan.takes_model:
+    if plan.stem == toc_root():
+        text = (
+            "This page ran at its defaults: its headlines come from the results committed with the book "
+            f"(`bench/results/`, `data/results/`), not from {model_label(model)}."
+        )
+    elif plan.takes_model:
         text = f"This chapter ran on **{model_label(model)}** (`model = {model!r}`), {how}."
     elif scale == "ci" and plan.ci_overrides:
         text = f"This chapter ran {how}, otherwise at its defaults; it takes no model."
@@ -316,7 +337,7 @@ def build_book(
     out = check_out(out)
     if scale not in SCALES:
         raise UserInputError(f"--scale {scale!r} is not one of {', '.join(SCALES)}")
-    stems = select_chapters(chapters, toc_chapters())
+    stems = with_root(select_chapters(chapters, toc_chapters()))
     model_arg = model_argument(model)
     plans = plan_book(model_arg, stems, scale)  # every chapter's parameters, parsed and checked
     model_path = check_model(model_arg)

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "qwen_anatomy.commands.tasks",  # tasks generate/train/evaluate/sweep, train, evaluate (Part III)
     "qwen_anatomy.commands.weights",  # params, embeddings, download (Part II)
     "qwen_anatomy.commands.causal",  # causal train/eval/generate/suite/pretrain (Part V)
+    "qwen_anatomy.commands.book_check",  # browser-check (the built book, offline in Chromium)
 ]
 
 

@@ -11,6 +11,34 @@ from ..paths import REPO_ROOT
 from .metrics import RUN_DIR_ENV
 from .params import RUN_FILE, _user_error, notebook_parameters, parameter_hash, plan_runs
 
+# The environment every run's kernel gets by default, as the Makefile exports it for `make book`:
+# offline (nothing may reach a model hub), and no Hugging Face progress bars, which in a notebook
+# are widgets whose rendering would load JavaScript from a CDN (the browser check fails on that).
+KERNEL_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+
+
+def worker_env(base, jobs: int = 1) -> dict[str, str]:
+    """The environment of a run's worker (and its kernel): ``base`` with :data:`KERNEL_ENV` as
+    defaults (a value the caller set wins), one BLAS pool per job when ``jobs`` kernels share the
+    cores (again unless set), and this package's ``lib`` first on PYTHONPATH so the worker imports
+    it even from a bare checkout."""
+    env = dict(base)
+    for var, value in KERNEL_ENV.items():
+        env.setdefault(var, value)
+    if jobs > 1:
+        per_job = str(max(1, (os.cpu_count() or 1) // jobs))
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env.setdefault(var, per_job)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT / "lib"), env.get("PYTHONPATH")]))
+    return env
+
 
 def _new_run_dir(out: Path, stem: str, parameters: dict[str, Any]) -> Path:
     """Create (atomically, never reusing) ``out/<stem>/<UTC time>-<hash>[-k]``."""
@@ -230,14 +258,7 @@ def run_experiments(
 
     if command is None:
         command = f"run_experiments({str(notebook)!r}, ...)"
-    env = dict(os.environ)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    if jobs > 1:  # several kernels share the cores: one BLAS pool each unless the user chose
-        per_job = str(max(1, (os.cpu_count() or 1) // jobs))
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env.setdefault(var, per_job)
-    # the worker must import this package even when it is not installed (tests, a bare checkout)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT / "lib"), env.get("PYTHONPATH")]))
+    env = worker_env(os.environ, jobs)
 
     results = [{"run_dir": None, "status": "not started", "overrides": o} for o in runs]
     pending = list(range(len(runs)))

@@ -8,7 +8,8 @@ Submodules (import what you need; this package import is cheap and pulls in neit
   llama.cpp names (``blk.N.attn_q.weight``) to Hugging Face keys, undoing llama.cpp's q/k permutation.
 - :mod:`.naming` turns a tensor name into layer index, block type and kind.
 - :mod:`.stats` holds the float64 statistics, spectra (Gram route, exact route), ranks and the
-  WeightWatcher-style power-law fit.
+  power-law fit of the eigenvalues: our rule (default) or WeightWatcher's own (``--alpha-method ww``).
+- :mod:`.alpha` sets the two power-law rules side by side (chapter 11).
 - :mod:`.table` builds the per-tensor table (``qwen-anatomy params``) with resume and run record.
 - :mod:`.embeddings` is the embedding / output-layer report and clustering (``qwen-anatomy embeddings``).
 - :mod:`.download` is ``qwen-anatomy download`` (Hugging Face Hub, safetensors only).

@@ -226,6 +226,36 @@ class GGUFCheckpoint:
                 )
             )
 
+    def read_raw(self, entry: TensorEntry, start: int, stop: int):
+        """The stored bytes of rows [start, stop): a (stop - start, row_bytes) uint8 array, in the file's
+        own row order (q/k rows of a Llama-family file stay permuted; a row holds whole blocks, so a
+        permutation only moves blocks around). :func:`qwen_anatomy.weights.quant.decode_blocks` reads
+        codes and scales from these bytes (chapter 10)."""
+        import numpy as np
+
+        row_bytes = entry.extra["row_bytes"]
+        with open(entry.shard, "rb") as fh:
+            fh.seek(entry.offset + start * row_bytes)
+            buf = fh.read((stop - start) * row_bytes)
+        if len(buf) != (stop - start) * row_bytes:
+            raise WeightsError(f"{entry.shard} is truncated inside {entry.source_name!r}; re-download it")
+        return np.frombuffer(buf, dtype=np.uint8).reshape(stop - start, row_bytes)
+
+    def read_raw_rows(self, entry: TensorEntry, rows):
+        """The stored bytes of the rows ``rows`` (row indices in file order), through a memory map, so
+        only their pages are read: a sample of rows spread over a large tensor costs little."""
+        import numpy as np
+
+        rows = np.asarray(rows, dtype=np.int64)
+        n, row_bytes = entry.extra["rows"], entry.extra["row_bytes"]
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise ValueError(f"row indices must lie in [0, {n}) for {entry.source_name!r}")
+        mm = np.memmap(entry.shard, dtype=np.uint8, mode="r", offset=entry.offset, shape=(n, row_bytes))
+        try:
+            return np.array(mm[rows])
+        finally:
+            del mm
+
     def read_rows(self, entry: TensorEntry, start: int, stop: int):
         """Rows [start, stop) dequantised to float32 (a permuted q/k tensor is read whole)."""
         import numpy as np
@@ -233,15 +263,10 @@ class GGUFCheckpoint:
         from gguf.quants import dequantize
 
         qtype = GGMLQuantizationType(entry.extra["qtype"])
-        row_bytes, rows = entry.extra["row_bytes"], entry.extra["rows"]
+        rows = entry.extra["rows"]
         permute = entry.extra.get("permute_heads")
         lo, hi = (0, rows) if permute else (start, stop)
-        with open(entry.shard, "rb") as fh:
-            fh.seek(entry.offset + lo * row_bytes)
-            buf = fh.read((hi - lo) * row_bytes)
-        if len(buf) != (hi - lo) * row_bytes:
-            raise WeightsError(f"{entry.shard} is truncated inside {entry.source_name!r}; re-download it")
-        raw = np.frombuffer(buf, dtype=np.uint8).reshape(hi - lo, row_bytes)
+        raw = self.read_raw(entry, lo, hi)
         values = np.asarray(dequantize(raw, qtype), dtype=np.float32).reshape(hi - lo, -1)
         if permute:
             values = unpermute_rows(values, permute)[start:stop]

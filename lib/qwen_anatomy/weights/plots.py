@@ -109,10 +109,10 @@ def spectrum(sigmas: dict, title: str = "Singular values"):
 def embedding_norms(report):
     rows = report.rows
     fig, ax = figure(width=6.4, height=3.2)
-    tok = rows[~rows["no_token"]]
-    ax.hist(tok["norm"], bins=150, color="C0", label="token rows")
-    if rows["no_token"].any():
-        ax.hist(rows.loc[rows["no_token"], "norm"], bins=50, color="C3", label="no-token rows")
+    no_token = rows["no_token"].fillna(False).to_numpy(dtype=bool)  # unknown (no tokenizer): token rows
+    ax.hist(rows.loc[~no_token, "norm"], bins=150, color="C0", label="token rows")
+    if no_token.any():
+        ax.hist(rows.loc[no_token, "norm"], bins=50, color="C3", label="no-token rows")
     ax.axvline(report.summary["low_norm_threshold"], color="k", ls="--", label="low-norm threshold")
     ax.set_yscale("log")
     ax.legend()
@@ -134,6 +134,9 @@ def k_sweep(report):
     sw = report.k_sweep
     fig, axes = figure(ncols=2, width=3.6, height=3.0)
     axes[0, 0].plot(sw["k"], sw["inertia"], "o-")
+    if report.summary.get("elbow_k") is not None:
+        axes[0, 0].axvline(report.summary["elbow_k"], color="k", ls="--", label="elbow K")
+        axes[0, 0].legend(fontsize=8)
     axes[0, 0].set_xscale("log", base=2)
     label(axes[0, 0], "K (clusters)", "inertia", "Elbow curve")
     ax = axes[0, 1]

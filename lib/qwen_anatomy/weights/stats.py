@@ -256,24 +256,162 @@ def spectral_metrics(sigma: np.ndarray, shape: tuple[int, int], rank_eps: float 
     return out
 
 
-def power_law_fit(eigenvalues: np.ndarray, min_tail: int = 10) -> dict:
-    """WeightWatcher-style heavy-tail fit of an eigenvalue spectrum λ = σ².
+ALPHA_METHODS = ("ours", "ww")
+# WeightWatcher 0.7.7's constants, copied so the "ww" method needs neither weightwatcher nor powerlaw:
+WW_EVALS_THRESH = 1e-5  # constants.EVALS_THRESH: eigenvalues at or below it are left out of the fit (CPU)
+WW_SMALL_N = 20  # WW_powerlaw.SMALL_N_CUTOFF: fewer eigenvalues than this use the small-N rule
+WW_SMALL_N_KMIN = 8  # WW_powerlaw.WWFit.fit_powerlaw_smallN(k_min=8): its smallest tail
 
-    Continuous power law p(λ) ∝ λ^-α for λ >= x_min: for every candidate x_min (each eigenvalue with
-    at least ``min_tail`` values at or above it) α is the maximum-likelihood estimate
-    α = 1 + n / Σ ln(λ_i / x_min) (Clauset, Shalizi & Newman 2009), and the x_min whose fit has the
-    smallest Kolmogorov-Smirnov distance D is kept. Also returned, as WeightWatcher defines them
-    (normalize=False): alpha_weighted = α·log10 λ_max, log_norm = log10 Σλ, log_spectral_norm =
-    log10 λ_max.
+
+def ks_distance(tail: np.ndarray, xmin: float, alpha: float, sided: str = "two") -> float:
+    """Kolmogorov-Smirnov distance between a sorted tail (all values >= ``xmin``) and the continuous
+    power law F(x) = 1 - (x/x_min)^(1-α).
+
+    ``sided="two"``: the sup distance, checked on both sides of each step of the empirical CDF
+    (i/n and (i+1)/n), the default method's rule. ``sided="one"``: WeightWatcher's (and Clauset's
+    ``plfit.m``) rule, max |F(x_i) - i/n| with i = 0..n-1: only the value just below each step,
+    so it never exceeds the two-sided distance.
     """
+    x = np.asarray(tail, dtype=np.float64)
+    n = x.size
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        cdf_fit = 1.0 - (x / xmin) ** (1.0 - alpha)
+    ranks = np.arange(n, dtype=np.float64)
+    below = float(np.max(np.abs(ranks / n - cdf_fit)))
+    if sided == "one":
+        return below
+    if sided != "two":
+        raise ValueError(f"sided={sided!r}: use 'two' or 'one'")
+    return max(below, float(np.max(np.abs((ranks + 1) / n - cdf_fit))))
+
+
+def log_alpha_norm(eigenvalues: np.ndarray, alpha: float) -> float:
+    """WeightWatcher's ``log_alpha_norm``: log10 Σ λ^α over every eigenvalue (not only the tail),
+    summed in log space so large α cannot overflow (WeightWatcher sums λ**α directly)."""
+    from scipy.special import logsumexp
+
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    lam = lam[lam > 0]  # λ = 0 adds 0^α = 0 for α > 0
+    if lam.size == 0 or not math.isfinite(alpha):
+        return math.nan
+    return float(logsumexp(alpha * np.log(lam)) / math.log(10.0))
+
+
+def ww_power_law_fit(eigenvalues: np.ndarray) -> dict:
+    """WeightWatcher 0.7.7's own power-law fit (``analyze()`` defaults: fit='PL', xmin and xmax
+    unset, fix_fingers off, pl_package 'ww'), reproduced step by step in numpy.
+
+    - The fit sees only λ > ``WW_EVALS_THRESH`` (1e-5, absolute), sorted ascending (N of them).
+    - N >= 20 (``WWFit.fit_power_law_standard``): every value but the largest is a candidate x_min,
+      so tails go down to 2 values; α = 1 + n / Σ ln(λ_i/x_min) (the MLE, no bias correction);
+      D = max |F(λ_i) - i/n|, i = 0..n-1 (one-sided, see :func:`ks_distance`), left at 1 where
+      α <= 1; the first smallest D wins.
+    - N < 20 (``fit_powerlaw_smallN``): tails of at least 8 values and the bias-corrected
+      α = 1 + (n-1) / Σ ln(λ_i/x_min); the smallest D still picks x_min (``WWFit.__init__``
+      overrides that function's own objective); with no such tail, all N values.
+    - ``tail`` is WeightWatcher's ``num_pl_spikes``: how many eigenvalues (of all) are >= x_min.
+
+    Returns alpha, xmin, D and tail (NaN, NaN, NaN, 0 when the fit fails, where WeightWatcher
+    writes -1). The arithmetic follows WeightWatcher's expression by expression, so α agrees to
+    rounding on the same eigenvalues.
+    """
+    evals = np.sort(np.asarray(eigenvalues, dtype=np.float64))
+    data = evals[evals > WW_EVALS_THRESH]
+    failed = {"alpha": math.nan, "xmin": math.nan, "D": math.nan, "tail": 0}
+    big_n = data.size
+    if big_n < 2:  # WeightWatcher fails here too (no candidate x_min)
+        return failed
+    log_data = np.log(data, dtype=np.float64)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        if big_n < WW_SMALL_N:
+            alphas, ds = _ww_fit_small_n(data, log_data)
+        else:
+            alphas = np.zeros(big_n - 1, dtype=np.float64)
+            ds = np.ones(big_n - 1, dtype=np.float64)
+            for i in range(big_n - 1):
+                xmin = data[i]
+                n = float(big_n - i)
+                alpha = 1 + n / (np.sum(log_data[i:]) - n * log_data[i])
+                alphas[i] = alpha
+                if alpha > 1:
+                    ds[i] = np.max(np.abs(1 - (data[i:] / xmin) ** (-alpha + 1) - np.arange(n) / n))
+    best = int(np.argmin(ds))  # WWFit.__init__: the first smallest D, for both rules
+    alpha, xmin, d = alphas[best], data[best], ds[best]
+    if np.isnan(alpha):
+        return failed
+    return {
+        "alpha": float(alpha),
+        "xmin": float(xmin),
+        "D": float(d),
+        "tail": int(np.count_nonzero(evals >= xmin)),
+    }
+
+
+def _ww_fit_small_n(data: np.ndarray, log_data: np.ndarray, k_min: int = WW_SMALL_N_KMIN):
+    """``WWFit.fit_powerlaw_smallN`` (lambda_prior = 0) as ``WWFit.__init__`` uses it: (alphas, Ds).
+
+    Its own choice (smallest D - 0.868/√n) is overwritten by ``__init__``, which then takes the
+    first smallest D like the standard fit; only its α (bias-corrected), its tails (>= k_min) and
+    its fallback (no such tail: all N values at index 0) remain.
+    """
+    big_n = data.size
+    alphas = np.zeros(big_n - 1, dtype=np.float64)
+    ds = np.ones(big_n - 1, dtype=np.float64)
+    found = False
+    for i in range(big_n - 1):
+        n_int = big_n - i
+        if n_int < k_min:
+            continue
+        n = float(n_int)
+        s = np.sum(log_data[i:]) - n * log_data[i]
+        if s <= 1e-12:
+            continue
+        alpha_bc = 1.0 + (n - 1.0) / s
+        alphas[i] = alpha_bc
+        if alpha_bc <= 1.0:
+            continue
+        f_fit = 1.0 - (data[i:] / data[i]) ** (1.0 - alpha_bc)
+        ds[i] = float(np.max(np.abs(np.arange(n_int, dtype=np.float64) / n - f_fit)))
+        found = True
+    if not found:  # no tail of k_min values: WeightWatcher fits all N values at index 0
+        n = float(big_n)
+        s = np.sum(log_data) - n * log_data[0]
+        if s > 1e-12:
+            alphas[0] = 1.0 + (n - 1.0) / s
+            f_fit = 1.0 - (data / data[0]) ** (1.0 - alphas[0])
+            ds[0] = float(np.max(np.abs(np.arange(big_n, dtype=np.float64) / n - f_fit)))
+    return alphas, ds
+
+
+def power_law_fit(eigenvalues: np.ndarray, min_tail: int = 10, method: str = "ours") -> dict:
+    """Heavy-tail fit of an eigenvalue spectrum λ = σ² (chapter 11), by one of two x_min rules.
+
+    Both fit a continuous power law p(λ) ∝ λ^-α for λ >= x_min with the maximum-likelihood
+    α = 1 + n / Σ ln(λ_i / x_min) (Clauset, Shalizi & Newman 2009) and keep the candidate x_min
+    whose fit has the smallest Kolmogorov-Smirnov distance D. They differ in the rule:
+
+    - ``"ours"`` (default): candidates are eigenvalues with at least ``min_tail`` values at or above
+      them, and D is the two-sided sup distance (:func:`ks_distance`).
+    - ``"ww"``: WeightWatcher 0.7.7's own fit (:func:`ww_power_law_fit`): tails down to 2 values,
+      its one-sided D, λ <= 1e-5 left out, a small-N rule below 20 eigenvalues.
+
+    Columns: alpha, alpha_xmin, alpha_tail (eigenvalues >= x_min), alpha_ks (the D the method
+    minimised, so one-sided for "ww"), alpha_method. The norms follow WeightWatcher's convention
+    (``normalize=False``: raw λ = σ², no 1/N): alpha_weighted = α·log10 λ_max, log_alpha_norm =
+    log10 Σ λ^α (all eigenvalues), log_norm = log10 Σλ, log_spectral_norm = log10 λ_max.
+    """
+    if method not in ALPHA_METHODS:
+        raise ValueError(f"method={method!r}: use one of {', '.join(ALPHA_METHODS)}")
     lam = np.sort(np.asarray(eigenvalues, dtype=np.float64))
     lam = lam[lam > 0]
     out = {
+        "alpha_method": method,
         "alpha": math.nan,
         "alpha_xmin": math.nan,
         "alpha_ks": math.nan,
         "alpha_tail": 0,
         "alpha_weighted": math.nan,
+        "log_alpha_norm": math.nan,
         "log_norm": math.nan,
         "log_spectral_norm": math.nan,
     }
@@ -281,26 +419,43 @@ def power_law_fit(eigenvalues: np.ndarray, min_tail: int = 10) -> dict:
         return out
     out["log_norm"] = math.log10(lam.sum())
     out["log_spectral_norm"] = math.log10(lam[-1])
+    if method == "ww":
+        fit = ww_power_law_fit(lam)
+        best = (fit["D"], fit["alpha"], fit["xmin"], fit["tail"])
+    else:
+        best = _ours_fit(lam, min_tail)
+    if math.isfinite(best[0]) and math.isfinite(best[1]):
+        out.update({"alpha": best[1], "alpha_xmin": best[2], "alpha_ks": best[0], "alpha_tail": best[3]})
+        out["alpha_weighted"] = best[1] * math.log10(lam[-1])
+        out["log_alpha_norm"] = log_alpha_norm(lam, best[1])
+    return out
+
+
+def _ours_fit(lam: np.ndarray, min_tail: int) -> tuple[float, float, float, int]:
+    """(D, α, x_min, tail) of the default rule on sorted positive λ: tails >= ``min_tail``,
+    two-sided KS; (inf, nan, nan, 0) when no candidate fits."""
     n = lam.size
+    best = (math.inf, math.nan, math.nan, 0)
     if n < min_tail + 1:
-        return out
+        return best
     logs = np.log(lam)
     suffix = np.cumsum(logs[::-1])[::-1]  # suffix[i] = Σ_{j>=i} ln λ_j
-    best = (math.inf, math.nan, math.nan, 0)
     for i in range(n - min_tail + 1):
-        xmin = lam[i]
         tail = n - i
         denom = suffix[i] - tail * logs[i]
         if denom <= 0:
             continue
         alpha = 1.0 + tail / denom
-        x = lam[i:]
-        cdf_fit = 1.0 - (x / xmin) ** (1.0 - alpha)
-        ranks = np.arange(tail, dtype=np.float64)
-        d = max(np.max(np.abs(ranks / tail - cdf_fit)), np.max(np.abs((ranks + 1) / tail - cdf_fit)))
+        d = ks_distance(lam[i:], lam[i], alpha, "two")
         if d < best[0]:
-            best = (float(d), float(alpha), float(xmin), tail)
-    if math.isfinite(best[0]):
-        out.update({"alpha": best[1], "alpha_xmin": best[2], "alpha_ks": best[0], "alpha_tail": best[3]})
-        out["alpha_weighted"] = best[1] * math.log10(lam[-1])
-    return out
+            best = (float(d), float(alpha), float(lam[i]), tail)
+    return best
+
+
+# one line per method for the run record (``qwen-anatomy params``)
+ALPHA_RULES = {
+    "ours": "continuous power-law MLE over candidate x_min with at least 10 eigenvalues in the tail, "
+    "the x_min of smallest two-sided KS distance kept",
+    "ww": "WeightWatcher 0.7.7's own fit (analyze() defaults): eigenvalues > 1e-5, tails down to 2 "
+    "values, its one-sided KS distance max|F - i/n|; below 20 eigenvalues its small-N rule",
+}
