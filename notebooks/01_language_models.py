@@ -182,7 +182,7 @@ display(
 # with the transformer and with n-gram models of orders 1 to `ngram_order` trained on the rest of
 # the corpus, tokenised by the same tokenizer so that both predict exactly the same tokens.
 
-# %%
+# %% tags=["hide-input"]
 train_text, heldout_text, corpus_info = train_heldout_split(ngram_corpus_chars, heldout_chars, seed=seed)
 train_ids = tok.encode(train_text)
 heldout_ids = tok.encode(heldout_text)[:max_eval_tokens]

@@ -257,7 +257,7 @@ show(qm.Qwen2DecoderLayer)
 # attention paths. Every config runs with a left-padded batch, and only real tokens are compared.
 # Bias off is compared with `LlamaForCausalLM` (transformers' Qwen2 always has q/k/v biases).
 
-# %%
+# %% tags=["hide-input"]
 grid = [(tied, h, kv, bias) for tied, h, kv, bias in [
     (False, 4, 4, True), (True, 4, 2, True), (False, 8, 2, True), (True, 8, 1, True), (False, 4, 2, False), (True, 8, 2, False),
 ]]  # fmt: skip

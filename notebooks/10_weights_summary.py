@@ -294,7 +294,7 @@ if tied is not None:
 # Finally, we re-quantise the embedding to Q4_1 with `gguf`'s own quantiser to see what 4 bits do to
 # the statistics of a trained distribution whose higher-precision version we have.
 
-# %%
+# %% tags=["hide-input"]
 emb_entry = ck.find("embedding")
 if emb_entry is not None and ck.format == "gguf":
     rows = min(4096, emb_entry.shape[0])

@@ -107,7 +107,7 @@ if trend:
 #
 # Ratios to the design rank put matrices of different shapes on one scale.
 
-# %%
+# %% tags=["hide-input"]
 shapes = mats.groupby("shape")["block_type"].agg(lambda b: ", ".join(sorted(set(b))))
 display(
     Markdown(

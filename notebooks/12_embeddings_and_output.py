@@ -159,7 +159,7 @@ display(
 # Each cluster by size, with the tokens nearest its centroid (decoded; `repr` shows spaces and
 # newlines) and its make-up by character class:
 
-# %%
+# %% tags=["hide-input"]
 cl = report.clusters
 share_cols = [c for c in cl.columns if c.startswith("share_") and cl[c].max() > 0]
 display(cl[["cluster", "size", "main_class", "nearest_tokens"]].head(16))

@@ -35,7 +35,7 @@ live_eval_examples = 500
 # The shipped checkpoint re-scored on this many test samples.
 shipped_eval_examples = 1000
 
-# %%
+# %% tags=["hide-input"]
 import json
 import tempfile
 from pathlib import Path
@@ -217,7 +217,7 @@ display(
     Markdown(report.config_sentence(load_config(REPO_ROOT / "configs" / "relu.yaml"), "configs/relu.yaml"))
 )
 
-# %%
+# %% tags=["hide-input"]
 live = {}
 for config_name in ("relu", "relu_inverse"):
     cfg = load_config(

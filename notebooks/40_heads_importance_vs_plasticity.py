@@ -235,7 +235,7 @@ display(Markdown("**Finding.** On this model, " + finding))
 # English installed offline: the docstrings of Python standard-library modules. True zero ablation is
 # run for a subset of heads, one or more per layer, chosen at random with the notebook's seed.
 
-# %%
+# %% tags=["hide-input"]
 real, real_tok = load_model(model)
 rlay = head_layout(real)
 texts = stdlib_texts(real_examples, seed=seed)

@@ -90,7 +90,7 @@ for run in [*saved.values(), *([book_runs[-1]] if saved_comprehensive_model != s
 # the closed form. Cauchy draws have no mean or variance, so the check uses the median (the location) and
 # half the inter-quartile range (the scale).
 
-# %%
+# %% tags=["hide-input"]
 g = torch.Generator().manual_seed(seed)
 loc_x = torch.randn(6, generator=g, dtype=torch.float64) * 3
 scale_x = torch.rand(6, generator=g, dtype=torch.float64) + 0.2
@@ -392,7 +392,7 @@ display(
     )
 )
 
-# %%
+# %% tags=["hide-input"]
 comprehensive_book = book_runs[-1]
 display(Markdown(causal_report.suite_description(comprehensive_book)))
 table = (

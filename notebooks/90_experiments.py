@@ -30,7 +30,7 @@ demo_seeds = 5
 demo_jobs = 2
 confidence = 0.95
 
-# %%
+# %% tags=["hide-input"]
 import hashlib
 import json
 import math
@@ -197,7 +197,7 @@ display(
 #     --out data/results/90_experiments --jobs 2
 # ```
 
-# %%
+# %% tags=["hide-input"]
 results_path = REPO_ROOT / results_dir  # an absolute results_dir is kept as is
 runs = load_results(results_notebook, results_path)
 if not len(runs):
@@ -244,7 +244,7 @@ display(
 # the n-gram order, is drawn beside it for scale. Look at how far apart the seeds lie compared with
 # the gap between the orders.
 
-# %%
+# %% tags=["hide-input"]
 from matplotlib.ticker import LogLocator, ScalarFormatter
 
 fig, ax = plotting.figure(width=6.4, height=3.8)

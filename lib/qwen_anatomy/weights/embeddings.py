@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,9 +37,8 @@ import numpy as np
 
 from ..errors import UserInputError
 from .checkpoint import open_checkpoint, tokenizer_dir_for
+from .tokenclass import CHAR_CLASSES, char_class  # noqa: F401 - CHAR_CLASSES re-exported for readers
 
-CHAR_CLASSES = ("special", "byte_fragment", "whitespace", "digits", "punctuation", "cjk", "cyrillic",
-                "latin", "other")  # fmt: skip
 K_RULES = ("silhouette", "elbow")
 K_RULE_DESCRIPTIONS = {
     "silhouette": "the K with the highest silhouette (fixed sample); the elbow K, Calinski-Harabasz and "
@@ -59,30 +57,6 @@ NO_STRUCTURE_SILHOUETTE = 0.05
 CHUNK_BYTES = 64 * 2**20  # float64 bytes of one chunk of embedding rows
 PAIR_SAMPLE = 2000  # rows whose pairwise cosines estimate the mean pairwise cosine
 ELBOW_ROUNDING = 1e-9  # gaps below the chord this small (on the [0, 1] scales) are float64 rounding
-
-
-def char_class(text: str, special: bool = False) -> str:
-    """One of :data:`CHAR_CLASSES` for a decoded token (byte-level BPE fragments decode to U+FFFD)."""
-    if special:
-        return "special"
-    if text == "" or "\ufffd" in text:
-        return "byte_fragment"
-    if text.strip() == "":
-        return "whitespace"
-    core = text.strip()
-    if core.isdigit():
-        return "digits"
-    if all(unicodedata.category(c)[0] in "PS" for c in core):
-        return "punctuation"
-    for c in core:
-        o = ord(c)
-        if 0x3040 <= o <= 0x30FF or 0x3400 <= o <= 0x9FFF or 0xAC00 <= o <= 0xD7AF or 0xF900 <= o <= 0xFAFF:
-            return "cjk"
-    if any(0x0400 <= ord(c) <= 0x04FF for c in core):
-        return "cyrillic"
-    if any(c.isalpha() and "LATIN" in unicodedata.name(c, "") for c in core):
-        return "latin"
-    return "other"
 
 
 def parse_k_grid(text: str) -> list[int]:

@@ -151,7 +151,7 @@ def k_sweep(report):
 
 def cluster_classes(report, top: int = 20):
     """Stacked bars: character-class make-up of the largest clusters of the chosen K."""
-    from .embeddings import CHAR_CLASSES
+    from .tokenclass import CHAR_CLASSES
 
     cl = report.clusters.head(top)
     fig, ax = figure(width=7.0, height=3.4)
