@@ -42,7 +42,6 @@ from IPython.display import Markdown, display
 
 from qwen_anatomy import plotting
 from qwen_anatomy.experiments import (
-    REPO_ROOT,
     aggregate,
     load_results,
     notebook_parameters,
@@ -54,6 +53,7 @@ from qwen_anatomy.experiments import (
     results_table,
     run_experiments,
 )
+from qwen_anatomy.paths import REPO_ROOT
 
 pd.set_option("display.width", 140)
 pd.set_option("display.max_columns", 20)
