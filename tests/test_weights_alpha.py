@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from interrupts import interrupt_tensor_analysis
 from qwen_anatomy.config import tiny_config
 from qwen_anatomy.weights import alpha as alpha_mod
 from qwen_anatomy.weights import stats, synthetic, table
@@ -217,16 +218,7 @@ def test_table_column_follows_alpha_method(tiny, tmp_path):
 
 
 def test_resume_refuses_another_alpha_method(tiny, tmp_path, monkeypatch):
-    real = table.analyse_tensor
-    calls = {"n": 0}
-
-    def flaky(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(table, "analyse_tensor", flaky)
+    real = interrupt_tensor_analysis(monkeypatch, table, at_call=3)
     out = tmp_path / "t.csv"
     with pytest.raises(KeyboardInterrupt):
         table.analyse(tiny, out=out, alpha_method="ww")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
+from interrupts import interrupt_tensor_analysis
 from qwen_anatomy.config import QWEN2_5_0_5B, tiny_config
 from qwen_anatomy.weights import safetensors_io as sio
 from qwen_anatomy.weights import stats, synthetic, table
@@ -203,16 +204,7 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch):
     cfg = tiny_config()
     synthetic.write_random_checkpoint(tmp_path / "m", cfg, dtype="BF16", seed=5)
     fresh = table.analyse(tmp_path / "m", spectra="gram")
-    calls = {"n": 0}
-    real = table.analyse_tensor
-
-    def flaky(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(table, "analyse_tensor", flaky)
+    real = interrupt_tensor_analysis(monkeypatch, table, at_call=4)
     out = tmp_path / "t.csv"
     with pytest.raises(KeyboardInterrupt):
         table.analyse(tmp_path / "m", out=out, spectra="gram")

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from clicheck import one_line_error
+from interrupts import interrupt_tensor_analysis
 from qwen_anatomy.cli import main
 from qwen_anatomy.config import tiny_config
 from qwen_anatomy.weights import safetensors_io as sio
@@ -214,16 +215,7 @@ def test_verbose_prints_one_line_per_tensor(tiny, tmp_path, capsys):
 def test_resume_file_keeps_our_columns_and_the_view_applies_at_write(tiny, tmp_path, capsys, monkeypatch):
     fresh = tmp_path / "fresh.csv"
     _params([str(tiny), "--out", str(fresh), "--seed-schema"], capsys)
-    calls = {"n": 0}
-    real = table.analyse_tensor
-
-    def flaky(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(table, "analyse_tensor", flaky)
+    real = interrupt_tensor_analysis(monkeypatch, table, at_call=4)
     out = tmp_path / "t.csv"
     assert main(["params", str(tiny), "--out", str(out), "--seed-schema", "--no-progress"]) == 130
     partial = [json.loads(x) for x in (tmp_path / "t.csv.partial.jsonl").read_text().splitlines()]

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UserInputError
 from ..registry import BUILTIN_MODELS, ModelRef, builtin_revision, cached_conversion, parse_model_arg
 from ..validate import read_config_json
 from . import safetensors_io as sio
@@ -72,6 +73,15 @@ class Checkpoint:
             if classify(e.name)["block_type"] == block_type:
                 return e
         return None
+
+    def embedding(self) -> TensorEntry:
+        """The 2-D token embedding; a checkpoint without one is bad input."""
+        entry = self.find("embedding")
+        if entry is None or len(entry.shape) != 2:
+            raise UserInputError(
+                f"{self.path} has no 2-D embedding tensor (looked for model.embed_tokens.weight)"
+            )
+        return entry
 
 
 def _provenance(directory: Path) -> tuple[str | None, str | None]:

@@ -222,9 +222,7 @@ def embedding_report(
     timings = {}
     t = time.perf_counter()
     ck = open_checkpoint(spec)
-    emb_entry = ck.find("embedding")
-    if emb_entry is None or len(emb_entry.shape) != 2:
-        raise UserInputError(f"{ck.path} has no 2-D embedding tensor (looked for model.embed_tokens.weight)")
+    emb_entry = ck.embedding()
     n_total = emb_entry.shape[0] if max_rows is None else min(max_rows, emb_entry.shape[0])
     width = int(emb_entry.shape[1])
     k_grid = sorted(set(int(k) for k in k_grid))

@@ -339,9 +339,7 @@ def token_table(
     timings = {}
     t = time.perf_counter()
     ck = open_checkpoint(spec)
-    emb_entry = ck.find("embedding")
-    if emb_entry is None or len(emb_entry.shape) != 2:
-        raise UserInputError(f"{ck.path} has no 2-D embedding tensor (looked for model.embed_tokens.weight)")
+    emb_entry = ck.embedding()
     head_entry = None if ck.tied else ck.find("lm_head")
     if not ck.tied and head_entry is None:
         raise UserInputError(
