@@ -89,3 +89,41 @@ def test_smollm2_tokenizer_round_trip_and_new_row():
     for text in IN_WORDS + ["Text with no numbers at all."]:
         assert nt.encode(text).input_ids == tok.encode(text)
     assert tok.token_to_id("<NUM>") is None
+
+
+def _with_placeholders(*names):
+    """A word-level tokenizer whose last ids are llama.cpp placeholders for unused rows."""
+    from tokenizers import models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "price", "is", "dollars", ".", *names])}
+    tok = HFTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tok
+
+
+def test_first_unused_row_becomes_num():
+    """The seed's design for Qwen2.5: <NUM> is the first [PAD<id>] row, no new row; a name that does
+    not match its own id is not a placeholder."""
+    nt = NumberTokenizer(_with_placeholders("[PAD9]", "[PAD6]", "[PAD7]"))  # ids 5, 6, 7
+    assert (nt.num_token_id, nt.num_token, nt.added_num_row, nt.vocab_size) == (6, "[PAD6]", False, 8)
+    enc = nt.encode("price is 12.5 dollars .")
+    assert enc.input_ids == [1, 2, 6, 3, 4] and enc.numerical_values[2] == 12.5
+    assert "12.5" in nt.decode(enc.input_ids, enc.numerical_values)  # the placeholder decodes as its value
+    assert NumberTokenizer(_with_placeholders("[PAD5]")).num_token_id == 5
+    kept = NumberTokenizer(_with_placeholders("[PAD5]"), use_reserved=False)
+    assert kept.added_num_row and kept.num_token_id == 6
+    none = NumberTokenizer(_with_placeholders("[PAD9]"))  # id 5 named 9: not an unused-row placeholder
+    assert none.added_num_row and none.num_token_id == 6
+
+
+@pytest.mark.slow
+def test_qwen25_uses_reserved_row_151665():
+    from qwen_anatomy.loading import resolve_model
+    from qwen_anatomy.tokenizer import Tokenizer
+
+    tok = Tokenizer(resolve_model("qwen2.5-coder-0.5b"))
+    nt = NumberTokenizer(tok)
+    assert (nt.num_token_id, nt.added_num_row, nt.vocab_size) == (151665, False, 151936)
+    for text in ROUND_TRIP:
+        enc = nt.encode(text)
+        assert nt.decode(enc.input_ids, enc.numerical_values) == text

@@ -65,6 +65,14 @@ def train_heldout_split(
 
     Returns (train text, held-out text, provenance). Documents are never split between the two.
     """
+    train, heldout, info = train_heldout_documents(train_chars, heldout_chars, seed, min_chars)
+    return "\n\n".join(train), "\n\n".join(heldout), info
+
+
+def train_heldout_documents(
+    train_chars: int, heldout_chars: int, seed: int = 0, min_chars: int = 200
+) -> tuple[list[str], list[str], dict]:
+    """:func:`train_heldout_split` as lists of documents (train, held-out, provenance)."""
     docs = stdlib_docstrings(min_chars)
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
@@ -92,4 +100,4 @@ def train_heldout_split(
         "train_documents": len(train),
         "seed": seed,
     }
-    return "\n\n".join(train), "\n\n".join(heldout), info
+    return train, heldout, info

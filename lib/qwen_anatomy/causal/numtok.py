@@ -7,8 +7,10 @@ numbers is encoded by the wrapped tokenizer, piece by piece, so text without num
 as before.
 
 Works over :class:`qwen_anatomy.tokenizer.Tokenizer` (e.g. SmolLM2's) or any ``tokenizers.Tokenizer``.
-The wrapped tokenizer is copied, never changed: when it lacks ``<NUM>`` the copy gains it as a new id
-(``num_token_id == base vocabulary size``; the model then needs one new embedding row).
+The wrapped tokenizer is copied, never changed. When it lacks ``<NUM>``: a tokenizer with unused rows
+(Qwen2.5's GGUF names ids 151665 .. 151935 ``[PAD<id>]``) gives the first of them to ``<NUM>``, as the
+seed's design does (id 151665, no new row); otherwise the copy gains ``<NUM>`` as a new id
+(``num_token_id == base vocabulary size``; the model then needs one new embedding row, as SmolLM2 does).
 """
 
 from __future__ import annotations
@@ -47,10 +49,24 @@ def format_number(value: float) -> str:
     return "0" if text in ("-0", "") else text
 
 
+# llama.cpp names the embedding rows that have no token "[PAD<id>]" (Qwen2.5: ids 151665 .. 151935)
+RESERVED_RE = re.compile(r"^\[PAD(\d+)\]$")
+
+
+def first_reserved_id(tok: HFTokenizer) -> int | None:
+    """The smallest id whose token is an unused-row placeholder ``[PAD<id>]``, or None."""
+    ids = [
+        i
+        for token, i in tok.get_vocab(with_added_tokens=True).items()
+        if (m := RESERVED_RE.match(token)) and int(m.group(1)) == i
+    ]
+    return min(ids) if ids else None
+
+
 class NumberTokenizer:
     """``encode(text) -> Encoding``, ``decode(ids, values) -> text``, batching with padding."""
 
-    def __init__(self, base, num_token: str = NUM_TOKEN) -> None:
+    def __init__(self, base, num_token: str = NUM_TOKEN, use_reserved: bool = True) -> None:
         inner = getattr(base, "_tok", base)  # qwen_anatomy Tokenizer wraps a tokenizers.Tokenizer
         if not isinstance(inner, HFTokenizer):
             raise TypeError(
@@ -60,9 +76,13 @@ class NumberTokenizer:
         self.base_vocab_size = inner.get_vocab_size(with_added_tokens=True)
         self.num_token = num_token
         existing = self._tok.token_to_id(num_token)
-        if existing is None:
+        reserved = first_reserved_id(self._tok) if existing is None and use_reserved else None
+        if reserved is not None:  # Qwen2.5: the first unused row is <NUM> (the seed's design)
+            existing = reserved
+            self.num_token = self._tok.id_to_token(reserved)
+        elif existing is None:
             self._tok.add_special_tokens([AddedToken(num_token, special=True, normalized=False)])
-        self.num_token_id: int = self._tok.token_to_id(num_token)
+        self.num_token_id: int = existing if existing is not None else self._tok.token_to_id(num_token)
         self.added_num_row = existing is None
         eos = getattr(base, "eos_token_id", None)
         self.eos_token_id = eos
