@@ -37,6 +37,9 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
+# A built page is static: a progress bar there is a dead widget whose script loads from a CDN
+# (qwen_anatomy.progress), so the book's kernels draw none.
+book: export TQDM_DISABLE = 1
 book: $(STAMP)
 	$(BIN)/jupyter-book build . --all -W -n --keep-going
 

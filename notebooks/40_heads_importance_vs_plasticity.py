@@ -59,8 +59,8 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from qwen_anatomy import plotting
 from qwen_anatomy.heads import plots, report
+from qwen_anatomy.heads.agreement import agreement_table, measured_agreement
 from qwen_anatomy.heads.analysis import PROXY_LABELS, compute_stats, head_table, measure
 from qwen_anatomy.heads.core import head_layout
 from qwen_anatomy.heads.data import stdlib_texts, text_batch
@@ -214,9 +214,8 @@ fig = plots.proxy_validity_bars(st0["proxy_validity"])
 # A ranking that changes from seed to seed cannot be a property of the head.
 
 # %%
-agreement = {k: v for k, v in res["agreement"].items() if "mean_spearman" in v}
-display(pd.DataFrame(agreement).T[["n_seeds", "mean_spearman", "min_spearman", "mean_topk_overlap",
-                                   "topk_chance"]])  # fmt: skip
+agreement = measured_agreement(res["agreement"])
+display(agreement_table(res["agreement"]))
 if len(seeds) > 1:
     fig = plots.seed_agreement_bars(agreement)
 
@@ -268,14 +267,8 @@ display(rvalid)
 real_table = head_table(rm)
 fig = plots.heatmaps(real_table, ["G_pre", "neg_Eg_pre", "snr_pre", "norm_pre"], rlay.num_layers, rlay.num_heads,
                      ncols=4)  # fmt: skip
-fig2, ax = plotting.figure(width=5.2, height=4.0)
-abl = real_table.iloc[chosen]
-ax.scatter(abl["neg_Eg_pre"], abl["I_pre"], c=abl["layer"], cmap="viridis")
-lim = [min(abl["neg_Eg_pre"].min(), abl["I_pre"].min()), max(abl["neg_Eg_pre"].max(), abl["I_pre"].max())]
-ax.plot(lim, lim, color="grey", lw=1, label="y = x")
-ax.legend()
-plotting.label(ax, "−E[g] (first-order estimate, nats)", "ablation Δloss (nats)",
-               f"{model_label(model)}: first-order estimate against true ablation")  # fmt: skip
+fig2 = plots.importance_vs_gradient(real_table, "I_pre", "neg_Eg_pre",
+                                    title=f"{model_label(model)}: first-order estimate against true ablation")  # fmt: skip
 
 # %% [markdown]
 # The heat maps cover all heads (layers down, heads across); the scatter puts each ablated

@@ -188,3 +188,50 @@ def test_identical_variants_train_once():
     for name in ("threshold=10", "causal_dim=32", "alpha=0.5"):
         assert "same_as" not in by_name[name]
     assert by_name["alpha=0.5"]["config"]["alpha"] == 0.5
+
+
+def test_suite_seed_sets_data_order_and_every_head_initialisation(monkeypatch):
+    initial = []
+    build = experiments.build
+
+    def recording_build(kind, base, num_token_id, conf):
+        model = build(kind, base, num_token_id, conf)
+        initial.append({k: v.detach().clone() for k, v in model.state_dict().items() if "backbone" not in k})
+        return model
+
+    monkeypatch.setattr(experiments, "build", recording_build)
+    runs = [
+        experiments.run({"suite": "basic", **TINY, "steps": 1, "seed": seed}, log=lambda s: None)
+        for seed in (1, 2, 1)
+    ]
+    (ca, ba), (cb, bb), (ca2, ba2) = initial[0:2], initial[2:4], initial[4:6]  # causal, baseline per run
+    for a, b in ((ca, cb), (ba, bb)):
+        assert not torch.equal(a["num_direction"], b["num_direction"])
+        assert not torch.equal(a["reg_head.weight"], b["reg_head.weight"])
+    for a, again in ((ca, ca2), (ba, ba2)):
+        assert a.keys() == again.keys() and all(torch.equal(a[k], again[k]) for k in a)
+    first = [[v["log"][0]["loss"] for v in r["variants"]] for r in runs]
+    assert first[0] == first[2] and first[0][0] != first[1][0] and first[0][1] != first[1][1]
+    assert [v["config"]["seed"] for v in runs[1]["variants"]] == [2, 2]  # recorded as used
+
+
+def test_suite_refuses_a_second_seed_and_thresholds_it_would_not_read():
+    with pytest.raises(UserInputError, match="drop 'seed' from causal"):
+        experiments.check_config({"suite": "basic", "causal": {"seed": 3}})
+    with pytest.raises(UserInputError, match="comparison suite varies the scalar threshold"):
+        experiments.check_config({"suite": "comparison", "causal": {"threshold_mode": "per_class"}})
+
+
+def test_suite_measures_per_class_thresholds_before_step_0():
+    cfg = {
+        "suite": "basic",
+        **TINY,
+        "steps": 1,
+        "eval_sets": ["basic"],
+        "causal": {"threshold_mode": "per_class"},
+    }
+    results = experiments.run(cfg, log=lambda s: None)
+    causal = next(v for v in results["variants"] if v["kind"] == "causal")
+    assert causal["config"]["threshold_mode"] == "per_class"
+    assert 0.0 <= causal["step0_ovr_agrees_with_base"] <= 1.0  # measured before this step-0 check
+    assert causal["log"][0]["median_sum_p"] < 5.0  # measured C_k: sums near 1, not ~V/2 as with C = 10

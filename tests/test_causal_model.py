@@ -7,7 +7,10 @@ import math
 import pytest
 import torch
 
+from qwen_anatomy.causal import cauchy
 from qwen_anatomy.causal.model import (
+    THRESHOLD_MIN_PROB,
+    THRESHOLD_MODES,
     BaselineQwen,
     CausalConfig,
     CausalOutput,
@@ -175,17 +178,91 @@ def test_each_switch_changes_the_forward_output(switch):
         assert "scale_S" in changed and "probs" in changed
 
 
-def test_per_class_and_learnable_thresholds():
+def test_per_class_threshold_is_measured_per_class_and_differs_from_scalar():
     base = _base()
+    ids, vals, mask = _batch()
+    scalar = CausalQwen.from_base(base, NUM)
     per = CausalQwen.from_base(base, NUM, CausalConfig(threshold_mode="per_class"))
-    learn = CausalQwen.from_base(base, NUM, CausalConfig(threshold_mode="learnable"))
-    assert per.threshold.shape == (per.vocab_size,) and not per.threshold.requires_grad
-    assert isinstance(learn.threshold, torch.nn.Parameter) and learn.threshold.requires_grad
+    with pytest.raises(UserInputError, match="call model.calibrate_threshold"):
+        per(ids, vals, mask)  # never used unmeasured
+    c = per.calibrate_threshold(ids, vals, mask)
+    assert c.shape == (per.vocab_size,) and c.unique().numel() == per.vocab_size  # one value per class
+    # the rule, from the scalar model's outputs (same seed: same heads): at class k's mean location and
+    # mean scale over the real positions, P_k is the mean softmax probability of k (floored)
     with torch.no_grad():
-        per.threshold[3] = 1e6
-        ids, vals, mask = _batch()
+        ref = scalar(ids, vals, mask)
+    real = mask.bool()
+    loc, scale = ref.loc_S[real].double(), ref.scale_S[real].double()
+    target = torch.softmax(loc, -1).mean(0).clamp_min(THRESHOLD_MIN_PROB)
+    p_at_mean = cauchy.ovr_probability(loc.mean(0), scale.mean(0), c.double())
+    # C_k is stored in float32: its rounding moves P_k by a relative ~1e-7 here (measured 4e-8);
+    # 1e-6 leaves room and still catches a wrong rule (a median, a missing mean: errors > 1e-2)
+    torch.testing.assert_close(p_at_mean, target, rtol=1e-6, atol=0.0)
+    floored = per.calibrate_threshold(ids, vals, mask, min_prob=0.25)  # above every mean probability
+    p_floor = cauchy.ovr_probability(loc.mean(0), scale.mean(0), floored.double())
+    torch.testing.assert_close(p_floor, torch.full_like(p_floor, 0.25), rtol=1e-6, atol=0.0)
+    per.calibrate_threshold(ids, vals, mask)
+    with torch.no_grad():
         out = per(ids, vals, mask)
-    assert float(out.probs[..., 3].max()) < 1e-3
+    assert not torch.allclose(out.probs, ref.probs)
+    assert not torch.equal(out.choice()[real], ref.choice()[real])  # different decisions
+    loss_scalar = float(gated_loss(ref, ids, vals, mask, NUM)["loss"])
+    loss_per = float(gated_loss(out, ids, vals, mask, NUM)["loss"])
+    assert abs(loss_scalar - loss_per) > 1.0
+    # at step 0 the measured thresholds make the P_k sum to about 1, the scalar default to about V/2
+    assert float(out.probs.sum(-1)[real].median()) < 3.0 < float(ref.probs.sum(-1)[real].median())
+
+
+def test_learnable_threshold_gets_gradients_and_frozen_ones_do_not():
+    base = _base()
+    ids, vals, mask = _batch()
+    models = {
+        mode: CausalQwen.from_base(base, NUM, CausalConfig(threshold_mode=mode)) for mode in THRESHOLD_MODES
+    }
+    for mode, model in models.items():
+        if mode != "scalar":
+            model.calibrate_threshold(ids, vals, mask)
+        gated_loss(model(ids, vals, mask), ids, vals, mask, NUM)["loss"].backward()
+    learn = models["learnable"]
+    assert isinstance(learn.threshold, torch.nn.Parameter) and learn.threshold.grad is not None
+    assert int((learn.threshold.grad != 0).sum()) == learn.vocab_size  # every class's C_k is pushed
+    for mode in ("scalar", "per_class"):
+        frozen = models[mode].threshold
+        assert not frozen.requires_grad and frozen.grad is None
+        assert all(p is not frozen for p in models[mode].parameters())  # no optimiser sees it
+    with pytest.raises(UserInputError, match="only .*measure C_k"):
+        models["scalar"].calibrate_threshold(ids, vals, mask)
+
+
+def test_threshold_measured_on_cached_features_in_chunks_equals_the_batch():
+    base = _base()
+    ids, vals, mask = _batch()
+    model = CausalQwen.from_base(base, NUM, CausalConfig(threshold_mode="per_class"))
+    c = model.calibrate_threshold(ids, vals, mask)
+    with torch.no_grad():
+        z = model.features(ids, vals, mask)
+    # the batch five times over: 80 real positions, two chunks of 64 and 16, the same means
+    again = model.calibrate_threshold_on_features(z.repeat(5, 1, 1), mask.repeat(5, 1).bool())
+    assert_close_scaled(again, c)  # fp32 C_k from float64 sums: rounding of the stored value only
+
+
+def test_measured_threshold_is_saved_and_loaded():
+    base = _base()
+    ids, vals, mask = _batch()
+    model = CausalQwen.from_base(base, NUM, CausalConfig(threshold_mode="per_class"))
+    c = model.calibrate_threshold(ids, vals, mask)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    again = CausalQwen.from_base(base, NUM, CausalConfig(threshold_mode="per_class"))
+    again.load_state_dict(state, strict=False)
+    assert again.threshold_measured and torch.equal(again.threshold, c)
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids, vals, mask).probs, model(ids, vals, mask).probs, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["perclass", "Scalar", "", "learned"])
+def test_unknown_threshold_mode_is_refused(mode):
+    with pytest.raises(UserInputError, match=f"threshold_mode={mode!r}: use one of"):
+        CausalQwen.from_base(_base(), NUM, CausalConfig(threshold_mode=mode))
 
 
 def test_frozen_backbone_still_passes_gradient_to_phi():

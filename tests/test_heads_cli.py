@@ -168,17 +168,25 @@ def test_full_run_writes_every_output(checkpoints, capsys):
         "Urel",
         "U_QO",
         "Urel_QO",
+        "Uq",
+        "Uk",
+        "Uv",
+        "Uo",
     ):
         assert col in heads, col
+    # U² = Uq² + Uk² + Uv² + Uo² (K and V apportioned over each group's query heads); CSV round trip
+    parts = heads["Uq"] ** 2 + heads["Uk"] ** 2 + heads["Uv"] ** 2 + heads["Uo"] ** 2
+    assert ((parts - heads["U"] ** 2).abs() <= 1e-9 * heads["U"] ** 2).all()
     assert heads["I_pre"].abs().min() > 0 and heads["U"].min() > 0
     assert (heads["Ppred_pre"] <= 1 + 1e-9).all()
     groups = pd.read_csv(out / "groups.csv")
-    assert len(groups) == 2 * 2 and {"I_group_pre", "U_KV"} <= set(groups)
+    assert len(groups) == 2 * 2 and {"I_group_pre", "U_KV", "U_K", "U_V"} <= set(groups)
+    assert json.loads((out / "subset_indices.json").read_text())["indices"] == list(range(len(TASK_LINES)))
     stats = json.loads((out / "stats.json").read_text())
     assert stats["ablation"] == "mean" and stats["n_examples"] == len(TASK_LINES)
     assert {"pairs", "proxy_validity", "counterexamples", "split"} <= set(stats)
     assert json.loads((out / "cases.json").read_text())
     record = json.loads((out / "run_record.json").read_text())
     assert record["status"] == "success" and record["parameters"]["ablation"] == "mean"
-    for fig in ("importance_vs_update", "heatmaps", "statistics", "proxy_validity"):
+    for fig in ("importance_vs_update", "importance_vs_gradient", "heatmaps", "statistics", "proxy_validity"):
         assert (out / f"{fig}.png").stat().st_size > 1000

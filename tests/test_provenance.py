@@ -78,6 +78,24 @@ def test_checker_flags_an_edited_record(edit, reason):
     assert any(reason in p.reason for p in found), found
 
 
+@pytest.mark.parametrize(
+    "files, accepted",
+    [
+        (["bench/results/weights_qwen2.5-0.5b.json"], True),  # the previous benchmark of the same queue
+        (["data/results/tokens/x/report.json", "bench/results/forward.json"], True),
+        (["bench/results/forward.json", "lib/qwen_anatomy/model.py"], False),  # code changed
+        (["data/models/causal-tiny-lm/model.safetensors"], False),  # a model is an input, not a result
+        (["configs/relu.yaml"], False),
+        ([], False),  # dirty without a list: unknown change
+        ([f"bench/results/b{i}.json" for i in range(20)], False),  # at the cap: the list may be cut
+    ],
+)
+def test_checker_accepts_a_tree_dirty_only_in_results(files, accepted):
+    record = {"git": {"commit": _head(), "dirty": True, "dirty_files": files}}
+    found = check_record("bench/results/forward.json", record)
+    assert (not any("dirty tree" in p.reason for p in found)) is accepted, found
+
+
 def test_checker_flags_a_commit_without_its_producer():
     # The project's first commit predates lib/qwen_anatomy/tasks: a task result cannot come from it.
     record = {"git": {"commit": _root_commit(), "dirty": False}}

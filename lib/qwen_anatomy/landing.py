@@ -43,6 +43,7 @@ from typing import Any
 
 from .errors import UserInputError
 from .paths import REPO_ROOT
+from .provenance import only_results_changed
 
 FORWARD_BENCH = "bench/results/forward.json"
 WEIGHTS_BENCHES = ("bench/results/weights_qwen2.5-0.5b.json", "bench/results/weights_qwen2.5-7b.json")
@@ -733,7 +734,7 @@ def read_book_timings(book_out_dir: str | os.PathLike) -> tuple[dict, dict]:
     record = _book_record(book)
     chapters, runs, commits = {}, {}, {}
     git = record.get("git") or {}
-    commits["book.json"] = (git.get("commit"), git.get("dirty"))
+    commits["book.json"] = (git.get("commit"), git)
     for chapter in record.get("chapters", []):
         stem = chapter["chapter"]
         run_file = book / chapter["run_dir"] / "run.json"
@@ -748,7 +749,7 @@ def read_book_timings(book_out_dir: str | os.PathLike) -> tuple[dict, dict]:
                 f"{run_file} has no {', '.join(absent)}: not a run record of `qwen-anatomy run`"
             )
         run_git = run.get("git") or {}
-        commits[stem] = (run_git.get("commit"), run_git.get("dirty"))
+        commits[stem] = (run_git.get("commit"), run_git)
         entry = {
             "seconds": run["wall_seconds"],
             "start_time": run["start_time"],
@@ -761,7 +762,12 @@ def read_book_timings(book_out_dir: str | os.PathLike) -> tuple[dict, dict]:
         runs[stem] = {"run_dir": chapter["run_dir"], "machine": run.get("machine", {})}
     if not chapters:
         raise UserInputError(f"{book / 'book.json'} lists no chapter: nothing to time")
-    dirty = [name for name, (_, d) in commits.items() if d is not False]
+    # clean code: a clean tree, or one whose only changes are result files (provenance.only_results_changed)
+    dirty = [
+        name
+        for name, (_, g) in commits.items()
+        if g.get("dirty") is not False and not only_results_changed(g)
+    ]
     if dirty:
         raise UserInputError(
             f"--timings {book}: {', '.join(dirty)} ran from a dirty tree (or an unknown one); time a build made "
@@ -777,7 +783,7 @@ def read_book_timings(book_out_dir: str | os.PathLike) -> tuple[dict, dict]:
     timings = {
         "model": record["model"],
         "scale": record.get("parameters", {}).get("scale", "book"),
-        "git": {"commit": distinct[0], "dirty": False},
+        "git": {k: git[k] for k in ("commit", "dirty", "dirty_files") if k in git},  # the build's own state
         "machine": {k: machine.get(k) for k in ("cpu_count", "processor", "platform")},
         "start_time": record.get("start_time"),
         "total_seconds": round(sum(c["seconds"] for c in chapters.values()), 3),

@@ -91,7 +91,7 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     target = conversion_dir(gguf_path, name)
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
@@ -109,7 +109,7 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
             source_dir = staging
         except OSError:
             source_dir = gguf_path.parent
-        with tqdm(total=3, desc=f"converting {gguf_path.name} once (about a minute)") as bar:
+        with progress_bar(total=3, desc=f"converting {gguf_path.name} once (about a minute)") as bar:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             bar.update(1)

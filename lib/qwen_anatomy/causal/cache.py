@@ -98,7 +98,7 @@ def build_cache(
     """Run the frozen bottom of ``model`` (embedding, phi fusion, layers ``< start_layer``) over
     ``texts`` once. ``start_layer`` defaults to the number of layers (cache the final features z).
     Texts are padded to the longest one (at most ``max_length`` tokens)."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     if not texts:
         raise UserInputError("the training set is empty: give at least one text")
@@ -115,7 +115,7 @@ def build_cache(
     was_training = model.training
     model.eval()
     parts = []
-    for i in tqdm(range(0, len(texts), batch_size), desc="feature cache", disable=not progress):
+    for i in progress_bar(range(0, len(texts), batch_size), desc="feature cache", enabled=progress):
         sl = slice(i, i + batch_size)
         ids = enc["input_ids"][sl].to(device)
         mask = enc["attention_mask"][sl].to(device)

@@ -71,6 +71,17 @@ def ovr_probability(
     return 0.5 * (1.0 + torch.erf(t / math.sqrt(2.0)))
 
 
+def quantile(p: torch.Tensor, dist: str = "cauchy") -> torch.Tensor:
+    """The standard quantile F^-1(p) (location 0, scale 1): tan(pi (p - 1/2)) for Cauchy,
+    sqrt(2) erfinv(2p - 1) for Normal. Computed in float64, returned in p's dtype."""
+    q = p.double()
+    if check_distribution(dist) == "cauchy":
+        out = torch.tan(math.pi * (q - 0.5))
+    else:
+        out = math.sqrt(2.0) * torch.erfinv(2.0 * q - 1.0)
+    return out.to(p.dtype)
+
+
 def ovr_margin(loc: torch.Tensor, scale: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
     """The standardised margin t_k = (loc_k - C_k)/scale_k: P_k is an increasing function of it.
 

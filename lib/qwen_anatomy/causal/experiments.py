@@ -101,12 +101,24 @@ def check_config(config: dict) -> dict:
             raise UserInputError(f"{key}={cfg[key]!r} must be a non-empty list of numbers")
     if not isinstance(cfg["causal"], dict):
         raise UserInputError(f"causal={cfg['causal']!r} must be a mapping of CausalConfig fields")
+    if "seed" in cfg["causal"]:
+        raise UserInputError(
+            f"causal={cfg['causal']!r} sets a seed: the suite's seed (--seed, seed={cfg['seed']!r}) seeds "
+            "the data order and every head's initialisation; drop 'seed' from causal"
+        )
+    if not isinstance(cfg["seed"], int) or isinstance(cfg["seed"], bool):
+        raise UserInputError(f"seed={cfg['seed']!r} must be an integer")
     try:
         CausalConfig(**cfg["causal"])
     except TypeError:
         known = sorted(CausalConfig.__dataclass_fields__)
         raise UserInputError(f"causal={cfg['causal']!r}: the known CausalConfig fields are {known}") from None
     base = CausalConfig(**cfg["causal"]).validate()
+    if cfg["suite"] == "comparison" and base.threshold_mode != "scalar":
+        raise UserInputError(
+            f"the comparison suite varies the scalar threshold, which threshold_mode="
+            f"{base.threshold_mode!r} does not read (it measures C_k): drop threshold_mode from causal"
+        )
     for t in cfg["thresholds"]:
         base.replace(threshold=t).validate()
     for v in cfg["lambdas"]:
@@ -123,10 +135,18 @@ def check_config(config: dict) -> dict:
     return cfg
 
 
-def build(kind: str, base, num_token_id: int, overrides: dict, shared: dict):
-    from .model import BaselineQwen, CausalConfig, CausalQwen
+def variant_config(cfg: dict, overrides: dict):
+    """The CausalConfig of one variant: the suite's shared ``causal`` settings, the variant's overrides,
+    and the suite's seed (which seeds the heads' initialisation as well as the data order)."""
+    from .model import CausalConfig
 
-    conf = CausalConfig(**{**shared, **overrides})
+    return CausalConfig(**{**cfg["causal"], **overrides, "seed": cfg["seed"]})
+
+
+def build(kind: str, base, num_token_id: int, conf):
+    """A CausalQwen (kind "causal") or BaselineQwen on ``base`` with the CausalConfig ``conf``."""
+    from .model import BaselineQwen, CausalQwen
+
     if not conf.freeze_backbone:
         base = copy.deepcopy(base)  # fine-tuning must not leak into the next variant
     cls = CausalQwen if kind == "causal" else BaselineQwen
@@ -156,9 +176,8 @@ def run(config: dict, log=print, device="cpu", dtype="float32") -> dict:
     import torch
 
     from ..loading import load_model
-    from .model import CausalConfig
     from .numtok import NumberTokenizer
-    from .train import evaluate, step0_agreement, train
+    from .train import batches, evaluate, on_device, step0_agreement, train
 
     cfg = check_config(config)
     device, dtype = check_precision(cfg, device, dtype)
@@ -185,7 +204,8 @@ def run(config: dict, log=print, device="cpu", dtype="float32") -> dict:
         str, dict
     ] = {}  # identical variants (e.g. causal_dim=H and the default threshold) train once
     for name, kind, overrides in suite_variants(cfg["suite"], cfg, base.config.hidden_size):
-        resolved = CausalConfig(**{**cfg["causal"], **overrides}).to_dict()
+        conf = variant_config(cfg, overrides)
+        resolved = conf.to_dict()
         # 10 from a JSON grid and the default 10.0 are the same setting
         resolved = {k: float(v) if type(v) is int else v for k, v in resolved.items()}
         key = json.dumps([kind, resolved], sort_keys=True)
@@ -197,8 +217,14 @@ def run(config: dict, log=print, device="cpu", dtype="float32") -> dict:
             log(f"[{cfg['suite']}] {name}: the same model as {first['name']} (not trained again)")
             continue
         torch.manual_seed(cfg["seed"])
-        model = build(kind, base, numtok.num_token_id, overrides, cfg["causal"])
+        model = build(kind, base, numtok.num_token_id, conf)
         row = {"name": name, "kind": kind, "overrides": overrides, "config": model.config.to_dict()}
+        if not getattr(model, "threshold_measured", True):
+            # the batch train() starts with (same texts, seed and length): C_k is measured before step 0
+            first = on_device(
+                next(batches(numtok, texts, cfg["batch_size"], cfg["max_length"], cfg["seed"])), model
+            )
+            model.calibrate_threshold(first["input_ids"], first["numerical_values"], first["attention_mask"])
         if kind == "causal":
             row["step0_ovr_agrees_with_base"] = step0_agreement(
                 model, numtok, evals[cfg["eval_sets"][0]][:16]

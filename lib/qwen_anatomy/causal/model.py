@@ -11,6 +11,15 @@ scales as sqrt(sum w^2 sigma^2) and uses Normal CDF / NLL, ``abduction_init="ran
 abduction from Xavier weights instead of the identity. :class:`BaselineQwen` is the honest baseline:
 the same backbone and numeric fusion with a plain softmax LM head and a Normal regression head.
 
+Thresholds C_k (``threshold_mode``): "scalar" is one fixed C for every class (``threshold``);
+"per_class" is a vector measured on a calibration batch (:meth:`CausalQwen.calibrate_threshold`, which
+:func:`qwen_anatomy.causal.train.train` calls on its first batch) and then frozen; "learnable" is the
+same measured vector, trained with the heads. The measurement: at class k's mean location m_k and
+mean scale s_k over the calibration positions, P_k equals the compatible-mode (softmax of loc_S, at
+step 0 the base model's) mean probability of k, floored at ``THRESHOLD_MIN_PROB``:
+C_k = m_k - s_k F^-1(max(mean_i softmax(loc_S)_ik, floor)). So at a typical position the P_k sum to
+about 1 at step 0 instead of about V/2 with a scalar C far below the class scales.
+
 Precision: the backbone runs in its own dtype (float32, or bfloat16 / float16 when loaded so); the
 heads, their parameters (new embedding rows and the numeric direction included) and the losses are
 always float32, on the backbone's device: z is cast up before the heads, and the new rows and phi(v)
@@ -32,6 +41,11 @@ from . import cauchy
 
 CLASSIFIERS = ("ovr", "softmax")
 THRESHOLD_MODES = ("scalar", "per_class", "learnable")
+MEASURED_THRESHOLD_MODES = ("per_class", "learnable")  # C_k measured by calibrate_threshold
+# Floor on the measured mean probability: C_k - m_k ~ s_k / (pi p) for Cauchy, and loc_S - C_k is taken
+# in float32, so a smaller p would round away the differences in loc_S (at p = 1e-4 and a class scale
+# of 200, C_k is about 6e5, resolved to 0.06 in loc_S).
+THRESHOLD_MIN_PROB = 1e-4
 ABDUCTION_INITS = ("identity", "random")
 
 
@@ -42,11 +56,11 @@ class CausalConfig:
     causal_dim: int | None = None
     gamma0: float = 10.0  # softplus(b_s) at initialisation: the prior scale of U
     b_noise: float = 0.1
-    # C_k. A convention, not a measured optimum: 10 had the best mean <NUM> F1 of 0/10/100/1000 in the
-    # causal-tiny-lm comparison suite, but in the SmolLM2 one 20 scored marginally higher (chapter 50
-    # prints that comparison).
+    # C of threshold_mode "scalar" (the measured per-class modes do not read it). A convention, not a
+    # measured optimum: 10 had the best mean <NUM> F1 of 0/10/100/1000 in the causal-tiny-lm comparison
+    # suite, but in the SmolLM2 one 20 scored marginally higher (chapter 50 prints that comparison).
     threshold: float = 10.0
-    threshold_mode: str = "scalar"
+    threshold_mode: str = "scalar"  # scalar, per_class (measured, frozen), learnable (measured, trained)
     alpha: float = 1.0  # gate: 1 = hard mask, 0 = weight by P_<NUM>
     lam: float = 1.0  # weight of the regression term
     classifier: str = "ovr"
@@ -218,10 +232,16 @@ class CausalQwen(_NumericFusion):
         self.b_noise = nn.Parameter(torch.full((c,), float(config.b_noise)))
         if config.threshold_mode == "scalar":
             self.register_buffer("threshold", torch.tensor(float(config.threshold)))
-        elif config.threshold_mode == "per_class":
-            self.register_buffer("threshold", torch.full((self.vocab_size,), float(config.threshold)))
+            self.threshold_measured = True  # nothing to measure
         else:
-            self.threshold = nn.Parameter(torch.full((self.vocab_size,), float(config.threshold)))
+            # NaN until calibrate_threshold measures it (or a saved state is loaded): never used unmeasured
+            unmeasured = torch.full((self.vocab_size,), float("nan"))
+            if config.threshold_mode == "per_class":
+                self.register_buffer("threshold", unmeasured)
+            else:
+                self.threshold = nn.Parameter(unmeasured)
+            self.threshold_measured = False
+            self.register_load_state_dict_post_hook(_threshold_loaded)
         self._initialise(g)
         _freeze(backbone, config.freeze_backbone)
         self.to(backbone.device)  # the heads were built on the CPU
@@ -257,8 +277,8 @@ class CausalQwen(_NumericFusion):
         xavier(self.reg_head.weight, cfg.reg_gain)
         self.reg_head.bias.zero_()
 
-    def heads(self, z: torch.Tensor) -> CausalOutput:
-        """Abduction and action on features z [B, T, H]."""
+    def _scores(self, z: torch.Tensor):
+        """loc_U, scale_U [B,T,C]; loc_S, scale_S [B,T,V]; loc_Y, scale_Y [B,T,1] from features z."""
         dist = self.config.distribution
         loc_u = self.abduction_loc(z)
         scale_u = F.softplus(self.abduction_scale(z))
@@ -269,10 +289,75 @@ class CausalQwen(_NumericFusion):
         loc_y, scale_y = cauchy.linear_propagate(
             loc_u, scale_total, self.reg_head.weight, self.reg_head.bias, dist
         )
+        return loc_u, scale_u, loc_s, scale_s, loc_y, scale_y
+
+    def _threshold(self) -> torch.Tensor:
+        """C (scalar) or C_k [V]; refuses a per-class threshold that was never measured."""
+        if not self.threshold_measured:
+            raise UserInputError(
+                f"threshold_mode={self.config.threshold_mode!r} measures C_k on a calibration batch: call "
+                "model.calibrate_threshold(input_ids, numerical_values, attention_mask) first "
+                "(train() does it on its first batch)"
+            )
+        return self.threshold
+
+    @torch.no_grad()
+    def calibrate_threshold(
+        self,
+        input_ids: torch.Tensor,
+        numerical_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        min_prob: float = THRESHOLD_MIN_PROB,
+    ) -> torch.Tensor:
+        """Measure the per-class thresholds C_k [V] on a calibration batch and set them (see the module
+        docstring for the rule): C_k = m_k - s_k F^-1(max(p_k, min_prob)), with m_k, s_k the mean of
+        loc_S,k and scale_S,k over the batch's real positions and p_k the mean of softmax(loc_S)_k."""
+        self._check_measurable(min_prob)
+        z = self.features(input_ids, numerical_values, attention_mask)
+        real = None if attention_mask is None else attention_mask.bool()
+        return self.calibrate_threshold_on_features(z, real, min_prob)
+
+    @torch.no_grad()
+    def calibrate_threshold_on_features(
+        self, z: torch.Tensor, real: torch.Tensor | None = None, min_prob: float = THRESHOLD_MIN_PROB
+    ) -> torch.Tensor:
+        """:meth:`calibrate_threshold` on features z [B, T, H] already computed (a feature cache), over
+        the positions where ``real`` [B, T] is true (all when None). Position chunks keep the [N, V]
+        scores small on a large vocabulary."""
+        self._check_measurable(min_prob)
+        rows = z.reshape(-1, z.shape[-1]) if real is None else z[real.to(z.device)]  # [N, H]
+        if rows.shape[0] == 0:
+            raise UserInputError("the calibration batch has no real position: give at least one text")
+        sums = torch.zeros(3, self.vocab_size, dtype=torch.float64, device=z.device)
+        for chunk in rows.split(64):
+            _, _, loc_s, scale_s, _, _ = self._scores(chunk)
+            sums[0] += loc_s.double().sum(0)
+            sums[1] += scale_s.double().sum(0)
+            sums[2] += torch.softmax(loc_s, -1).double().sum(0)
+        loc, scale, prob = sums / rows.shape[0]
+        c = loc - scale * cauchy.quantile(prob.clamp_min(min_prob), self.config.distribution)
+        self.threshold.copy_(c.to(self.threshold.dtype))
+        self.threshold_measured = True
+        return self.threshold.detach().clone()
+
+    def _check_measurable(self, min_prob: float) -> None:
+        if self.config.threshold_mode not in MEASURED_THRESHOLD_MODES:
+            raise UserInputError(
+                f"threshold_mode={self.config.threshold_mode!r} uses the fixed threshold "
+                f"{self.config.threshold:g}; only {MEASURED_THRESHOLD_MODES} measure C_k"
+            )
+        if not 0.0 < min_prob < 0.5:
+            raise UserInputError(f"min_prob={min_prob!r} must lie in (0, 0.5)")
+
+    def heads(self, z: torch.Tensor) -> CausalOutput:
+        """Abduction and action on features z [B, T, H]."""
+        dist = self.config.distribution
+        loc_u, scale_u, loc_s, scale_s, loc_y, scale_y = self._scores(z)
         margin = None
         if self.config.classifier == "ovr":
-            margin = cauchy.ovr_margin(loc_s, scale_s, self.threshold)
-            probs = cauchy.ovr_probability(loc_s, scale_s, self.threshold, dist)
+            threshold = self._threshold()
+            margin = cauchy.ovr_margin(loc_s, scale_s, threshold)
+            probs = cauchy.ovr_probability(loc_s, scale_s, threshold, dist)
         else:
             probs = torch.softmax(loc_s, dim=-1)
         return CausalOutput(
@@ -281,6 +366,13 @@ class CausalQwen(_NumericFusion):
 
     def forward(self, input_ids, numerical_values=None, attention_mask=None) -> CausalOutput:
         return self.heads(self.features(input_ids, numerical_values, attention_mask))
+
+    def used_config(self) -> dict:
+        """The settings this model uses: its whole config (``threshold`` only in the scalar mode)."""
+        cfg = self.config.to_dict()
+        if self.config.threshold_mode != "scalar":
+            del cfg["threshold"]
+        return cfg
 
     def pretrained_parameters(self) -> list[nn.Parameter]:
         """The head matrices that start as the base model's knowledge: the identity abduction (when
@@ -305,17 +397,31 @@ class CausalQwen(_NumericFusion):
         )
         loc_y, _ = cauchy.linear_propagate(u, noise, self.reg_head.weight, self.reg_head.bias, dist)
         if self.config.classifier == "ovr":
-            return cauchy.ovr_margin(loc_s, scale_s, self.threshold), loc_y[..., 0]
+            return cauchy.ovr_margin(loc_s, scale_s, self._threshold()), loc_y[..., 0]
         return loc_s, loc_y[..., 0]
 
 
+def _threshold_loaded(module: CausalQwen, incompatible) -> None:
+    """A loaded state that holds the threshold carries a measured C_k."""
+    if not any(k == "threshold" or k.endswith(".threshold") for k in incompatible.missing_keys):
+        module.threshold_measured = True
+
+
 class BaselineQwen(_NumericFusion):
-    """Same backbone and numeric fusion; softmax LM head (untied copy) + Normal regression head."""
+    """Same backbone and numeric fusion; softmax LM head (untied copy) + Normal regression head.
+
+    Of :class:`CausalConfig` it reads ``gamma0`` (the initial sigma of the regression head), ``lam``,
+    ``reg_gain``, ``freeze_backbone`` and ``seed``; ``FIXED`` are the values it always uses and
+    ``UNUSED`` the fields it never reads (the command line refuses them: see :func:`baseline_conflicts`).
+    """
+
+    FIXED = {"classifier": "softmax", "distribution": "normal", "alpha": 1.0}
+    UNUSED = ("causal_dim", "b_noise", "threshold", "threshold_mode", "abduction_init")
 
     def __init__(self, backbone: Qwen2ForCausalLM, num_token_id: int, config: CausalConfig | None = None):
         super().__init__()
         config = (config or CausalConfig()).validate()
-        self.config = config.replace(classifier="softmax", distribution="normal", alpha=1.0)
+        self.config = config.replace(**self.FIXED)
         g = torch.Generator().manual_seed(config.seed)
         self._init_fusion(backbone, num_token_id, g)
         h = backbone.config.hidden_size
@@ -336,6 +442,10 @@ class BaselineQwen(_NumericFusion):
         """The copy of the base LM head (see :meth:`CausalQwen.pretrained_parameters`)."""
         return [self.lm_head.weight]
 
+    def used_config(self) -> dict:
+        """The settings this model actually uses (its config without the fields it never reads)."""
+        return {k: v for k, v in self.config.to_dict().items() if k not in self.UNUSED}
+
     def forward(self, input_ids, numerical_values=None, attention_mask=None) -> CausalOutput:
         z = self.features(input_ids, numerical_values, attention_mask)
         logits = F.linear(z, self._with_num_row(self.lm_head.weight))
@@ -351,6 +461,16 @@ class BaselineQwen(_NumericFusion):
             F.softplus(reg[..., 1]),
             "normal",
         )
+
+
+def baseline_conflicts(given: dict) -> list[str]:
+    """The CausalConfig fields in ``given`` (settings a user passed explicitly) that do not apply to the
+    baseline: a field it never reads, or a value other than the one it always uses."""
+    return [
+        name
+        for name, value in given.items()
+        if name in BaselineQwen.UNUSED or (name in BaselineQwen.FIXED and value != BaselineQwen.FIXED[name])
+    ]
 
 
 def next_token_targets(input_ids, numerical_values, attention_mask, num_token_id):

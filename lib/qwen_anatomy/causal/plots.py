@@ -73,28 +73,40 @@ def suite_bars(results: dict, baseline: dict, model: str) -> list:
 
 
 def training_curves(logs: dict[str, list[dict]], title: str = "training health"):
-    """Four panels per run: loss parts, <NUM> accuracy, median scale of U, median sum_k P_k."""
+    """Four panels per run: loss parts, <NUM> accuracy, median scale of U, median sum_k P_k.
+
+    One colour per run in every panel; the loss panel's legend gives the line styles (classification
+    solid, regression dashed), the last panel's the runs. The scale of U is drawn on a log axis, where
+    a collapse towards 0 stays visible."""
+    from matplotlib.lines import Line2D
+
     fig, axes = plotting.figure(ncols=4, width=3.2, height=2.8)
     axes = axes.ravel()
+    scales = []
     for i, (name, log) in enumerate(logs.items()):
         c = f"C{i}"  # one colour per run in every panel
         steps = [row["step"] for row in log]
-        axes[0].plot(steps, [row["cls"] for row in log], color=c, label=f"{name}: classification")
-        axes[0].plot(steps, [row["reg"] for row in log], color=c, linestyle="--", label=f"{name}: regression")
-        axes[1].plot(steps, [row["num_accuracy"] for row in log], color=c, label=name)
+        axes[0].plot(steps, [row["cls"] for row in log], color=c)
+        axes[0].plot(steps, [row["reg"] for row in log], color=c, linestyle="--")
+        axes[1].plot(steps, [row["num_accuracy"] for row in log], color=c)
         scale = [row["median_scale_u"] for row in log]
         if not all(math.isnan(s) for s in scale):
-            axes[2].plot(steps, scale, color=c, label=name)
+            axes[2].plot(steps, scale, color=c)
+            scales += [s for s in scale if not math.isnan(s)]
         axes[3].plot(steps, [row["median_sum_p"] for row in log], color=c, label=name)
     axes[0].set_yscale("log")
+    if scales and min(scales) > 0:
+        axes[2].set_yscale("log")
     axes[3].set_yscale("log")
     axes[3].axhline(1.0, color="black", linewidth=0.8, linestyle=":")
     plotting.label(axes[0], "step", "loss (log scale)", "loss parts")
     plotting.label(axes[1], "step", "<NUM> accuracy (batch)", "<NUM> accuracy")
-    plotting.label(axes[2], "step", "median scale of U", "abduction scale")
+    plotting.label(axes[2], "step", "median scale of U (log)", "abduction scale")
     plotting.label(axes[3], "step", "median sum of P_k (log)", "sum of OvR probabilities")
-    for ax in axes:
-        ax.legend(fontsize=6)
+    styles = [Line2D([], [], color="grey", label="classification"),
+              Line2D([], [], color="grey", linestyle="--", label="regression")]  # fmt: skip
+    axes[0].legend(handles=styles, fontsize=6)
+    axes[3].legend(fontsize=6, ncols=2 if len(logs) > 4 else 1)
     fig.suptitle(title)
     return fig
 

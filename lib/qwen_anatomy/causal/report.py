@@ -409,17 +409,273 @@ def head_sizes_sentence(saved: dict[str, SavedSuite]) -> str:
     )
 
 
+class SuiteReport(NamedTuple):
+    """What chapter 50 and ``qwen-anatomy causal report`` show of one suite (:func:`suite_report`)."""
+
+    description: str  # which run, its budget
+    table: pd.DataFrame  # the variant pivot (:func:`variant_pivot`)
+    summary: str  # the computed sentence (:func:`suite_summary`)
+    figures: list  # the two bar charts of :func:`qwen_anatomy.causal.plots.suite_bars` (F1, MAE)
+
+
+def suite_report(saved: SavedSuite, reference: dict | None, model: str) -> SuiteReport:
+    """One suite against the baseline ``reference`` (a results dict with a baseline variant, such as the
+    comprehensive suite of the same backbone; None marks no baseline): the parts both the chapter
+    (:func:`show_suite`) and the report command (:func:`write_report`) show."""
+    from .plots import suite_bars
+
+    table, text = suite_summary(saved.results, reference)
+    return SuiteReport(
+        suite_description(saved), variant_pivot(table), text, suite_bars(saved.results, reference, model)
+    )
+
+
 def show_suite(saved: SavedSuite, reference: dict, model: str) -> None:
     """Chapter 50's presentation of one suite against the baseline ``reference`` (a comprehensive
     suite's results): what it varies, the variant pivot, the two bar charts of
     :func:`qwen_anatomy.causal.plots.suite_bars`, and the computed summary sentence (displayed;
-    nothing is returned, so a notebook cell ending with the call shows no extra output)."""
+    nothing is returned, so a notebook cell ending with the call shows no extra output). The same
+    parts (:func:`suite_report`) go into ``qwen-anatomy causal report``."""
     from IPython.display import Markdown, display
 
-    from .plots import suite_bars
+    rep = suite_report(saved, reference, model)
+    display(Markdown(rep.description))
+    display(rep.table)
+    display(Markdown(rep.summary))
 
-    display(Markdown(suite_description(saved)))
-    table, text = suite_summary(saved.results, reference)
-    display(variant_pivot(table))
-    suite_bars(saved.results, reference, model)
-    display(Markdown(text))
+
+# -- qwen-anatomy causal report RESULTS_DIR ----------------------------------------------------------
+RESULTS_HINT = (
+    "give a directory written by `qwen-anatomy causal suite` (data/results/causal/<suite>/<model>-<time>/)"
+)
+
+# What to look at in each figure of a report (written under the figure in summary.md).
+FIGURE_CAPTIONS = {
+    "num_f1": "<NUM> F1 per evaluation set, one bar per variant (the baseline's hatched), the dashed line "
+    "the baseline of the same backbone: bars above the line detect numbers better than the baseline; an "
+    "F1 of 1 on every set means detection is easy on these templates.",
+    "mae": "Mean absolute error of the numbers predicted correctly (log scale): lower is better; an empty "
+    "bar means the model predicted no number correctly there (MAE undefined).",
+    "coverage95": "How often the true value lies inside the model's central 95% interval; the dotted line "
+    "is the nominal 0.95: far below it the intervals are too narrow (overconfident), at 1 too wide.",
+    "training_curves": "Training health of every trained variant: the loss parts, the <NUM> accuracy of "
+    "the batch, the median scale of U and the median sum of the OvR probabilities, which should approach "
+    "1 (dotted line) as the head learns; a scale of U falling towards 0 is the collapse chapter 50 discusses.",
+}
+
+
+def markdown_safe(text: str) -> str:
+    """``<NUM>`` written so that Markdown shows it (a bare ``<NUM>`` is read as an HTML tag and vanishes)."""
+    return text.replace("<NUM>", "&lt;NUM&gt;")
+
+
+def _cell(x) -> str:
+    if isinstance(x, bool) or x is None:
+        return str(x)
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        return "undefined" if math.isnan(x) else f"{x:.3g}"
+    return str(x).replace("|", "\\|")
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A pandas table as a Markdown (pipe) table: the index as the first column, multi-level column
+    names joined with spaces, floats to 3 significant digits, NaN written "undefined"."""
+
+    def name(col) -> str:
+        parts = col if isinstance(col, tuple) else (col,)
+        return " ".join(METRIC_LABELS.get(str(p), str(p)) for p in parts)
+
+    header = [table.index.name or "", *map(name, table.columns)]
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    for idx, row in table.iterrows():
+        lines.append("| " + " | ".join(_cell(x) for x in (idx, *row.tolist())) + " |")
+    return "\n".join(lines)
+
+
+def read_saved(path: str | Path, what: str = "RESULTS_DIR") -> SavedSuite:
+    """One saved suite directory (``results.json`` + a successful ``run_record.json``), checked for what
+    the reports read; UserInputError naming the directory and the problem otherwise."""
+    from ..errors import UserInputError
+    from ..iochecks import read_json, read_run_record
+
+    path = Path(path)
+    if not path.is_dir():
+        state = "is a file, not a directory" if path.exists() else "does not exist"
+        raise UserInputError(f"{what} {path} {state}: {RESULTS_HINT}")
+    for name in ("results.json", "run_record.json"):
+        if not (path / name).is_file():
+            raise UserInputError(f"{what} {path} has no {name}: {RESULTS_HINT}")
+    record = read_run_record(path / "run_record.json")
+    if record.get("status") != "success":
+        raise UserInputError(
+            f"{what} {path} holds a run whose record says {record.get('status')!r}, not 'success': report a "
+            "finished run, or rerun the suite"
+        )
+    results = read_json(path / "results.json", "results file")
+    if not isinstance(results, dict) or results.get("suite") not in SUITES:
+        raise UserInputError(
+            f"{path / 'results.json'} is not a suite's results (no known 'suite'): {RESULTS_HINT}"
+        )
+    try:
+        _check(results, path)
+        for key in ("config", "backbone"):
+            if not isinstance(results.get(key), dict):
+                raise ValueError(f"{path / 'results.json'} has no {key!r} mapping")
+    except ValueError as err:
+        raise UserInputError(f"{err}; rerun the suite") from None
+    return SavedSuite(results, path, record)
+
+
+def _has_baseline(results: dict) -> bool:
+    return any(v.get("kind") == "baseline" for v in results["variants"])
+
+
+def find_reference(saved: SavedSuite, reference: str | Path | None = None) -> SavedSuite | None:
+    """The run whose baseline a report marks: ``reference`` when given (it must hold a baseline), else
+    the suite itself when it has one (basic, comprehensive), else the newest successful comprehensive run
+    of the same backbone in the same results root (``<root>/<suite>/<run>``), else None."""
+    from ..errors import UserInputError
+
+    if reference is not None:
+        ref = read_saved(reference, "--reference")
+        if not _has_baseline(ref.results):
+            raise UserInputError(
+                f"--reference {reference} has no baseline variant: give a basic or comprehensive suite directory"
+            )
+        return ref
+    if _has_baseline(saved.results):
+        return saved
+    if saved.path.parent.name != saved.results["suite"]:
+        return None  # not in the <root>/<suite>/<run> layout: no root to search
+    try:
+        runs = load_runs("comprehensive", saved.results["backbone"]["model"], saved.path.parent.parent)
+    except FileNotFoundError:
+        return None
+    return next((r for r in reversed(runs) if _has_baseline(r.results)), None)
+
+
+def report_markdown(saved: SavedSuite, rep: SuiteReport, reference: SavedSuite | None, figures) -> str:
+    """The text of a report's ``summary.md``: description, provenance, computed sentences, tables and
+    the figures with what to look at in each (``figures``: file stems, in order); ``<NUM>`` escaped
+    (:func:`markdown_safe`)."""
+    from .model import CausalConfig
+
+    res = saved.results
+    git = saved.record.get("git") or {}
+    commit = git.get("commit")
+    provenance = (
+        f"From `{saved.path / 'results.json'}` (run record: status {saved.record.get('status')}, finished "
+        f"{saved.record.get('end_time', 'at an unrecorded time')}"
+        + (
+            f", code at commit {commit[:12]}" + (" with uncommitted changes" if git.get("dirty") else "")
+            if commit
+            else ""
+        )
+        + ")."
+    )
+    parts = [f"# The `{res['suite']}` suite on `{res['backbone']['model']}`", rep.description, provenance]
+    parts += ["## What the numbers say", rep.summary]
+    if reference is None:
+        parts.append(
+            "No baseline of this backbone was found beside this run, so the figures mark none and no variant "
+            "is compared with it: pass `--reference` with a comprehensive suite directory."
+        )
+    elif reference.path != saved.path:
+        parts.append(f"The baseline marked in the figures and compared above is from `{reference.path}`.")
+    kinds = {v["kind"] for v in res["variants"]}
+    if {"causal", "baseline"} <= kinds:
+        parts += [
+            "CausalQwen against the baseline (coverage judged by its distance from 95%):",
+            winner_sentences(res),
+        ]
+    if "causal" in kinds:
+        parts.append(settled_sentence(res))
+    if any(v["name"].startswith("threshold=") for v in res["variants"]):
+        parts.append(threshold_sentence(res, CausalConfig().threshold))
+    parts += [
+        "## Metrics",
+        "Per variant and evaluation set (the table chapter 50 shows):",
+        markdown_table(rep.table),
+    ]
+    names = [
+        k
+        for k in (
+            "accuracy",
+            "compat_accuracy",
+            "num_precision",
+            "num_recall",
+            "num_f1",
+            "mae",
+            "median_ae",
+            "rmse",
+            "coverage95",
+            "ece",
+            "n_numbers",
+            "n_numbers_predicted",
+        )  # fmt: skip
+        if all(k in m for v in res["variants"] for m in v["metrics"].values())
+    ]
+    full = metrics_table(res, names).set_index("variant")
+    full.index.name = "variant"
+    parts += ["Every metric:", markdown_table(full)]
+    parts.append("## Figures")
+    for stem in figures:
+        parts += [FIGURE_CAPTIONS[stem], f"![{stem}]({stem}.png)"]
+    return markdown_safe("\n\n".join(parts)) + "\n"
+
+
+def write_report(
+    results_dir: str | Path, out: str | Path | None = None, reference: str | Path | None = None
+) -> Path:
+    """Figures (PNG) and ``summary.md`` for one saved suite directory, written to ``out`` (default
+    ``RESULTS_DIR/report``), which must not exist: the report never overwrites. Everything is written
+    into a temporary sibling directory that is renamed into place at the end, so ``out`` appears whole
+    or not at all. The figures and sentences come from the same functions as chapter 50
+    (:func:`suite_report`). Returns ``out``."""
+    import os
+    import shutil
+    import tempfile
+
+    import matplotlib.pyplot as plt
+
+    from ..errors import UserInputError
+    from ..iochecks import check_output_dir
+    from ..runrecord import atomic_write_text
+    from .plots import metric_bars, training_curves
+
+    saved = read_saved(results_dir)
+    out = Path(out) if out is not None else saved.path / "report"
+    if os.path.lexists(out):
+        raise UserInputError(
+            f"--out {out} already exists; a report never overwrites: choose another --out or remove it"
+        )
+    check_output_dir(out, "--out")
+    ref = find_reference(saved, reference)
+    res, model = saved.results, saved.results["backbone"]["model"]
+    baseline = ref.results if ref is not None else None
+    figures = {}
+    try:
+        rep = suite_report(saved, baseline, model)
+        figures = dict(zip(("num_f1", "mae"), rep.figures, strict=True))
+        figures["coverage95"] = metric_bars(
+            res, "coverage95", baseline=baseline, title=f"{res['suite']} suite, {model}"
+        )
+        logs = {v["name"]: v["log"] for v in res["variants"] if "same_as" not in v}
+        figures["training_curves"] = training_curves(logs, f"{res['suite']} suite, {model}: training health")
+        text = report_markdown(saved, rep, ref, list(figures))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        try:
+            for stem, fig in figures.items():
+                fig.savefig(tmp / f"{stem}.png", bbox_inches="tight")
+            atomic_write_text(tmp / "summary.md", text)
+            os.rename(tmp, out)  # fails rather than replace anything that appeared meanwhile
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    finally:
+        for fig in figures.values():
+            plt.close(fig)
+    return out

@@ -99,6 +99,10 @@ def train(
     every entry by about the learning rate per step, so on a large head a rate that suits the new
     parameters rewrites the base model's ranking within a few steps (chapter 50 measures it).
 
+    A CausalQwen whose per-class thresholds are not yet measured (``threshold_mode`` "per_class" or
+    "learnable") gets them from the first training batch (:meth:`CausalQwen.calibrate_threshold`).
+    ``seed`` fixes the batch order (the heads' initialisation follows ``model.config.seed``).
+
     ``clip``: "per_parameter" (default) clips each parameter's gradient norm at 1 on its own; "global"
     clips the norm of all gradients together. With OvR on a large vocabulary the scale of U collapses
     towards 0 and its gradient grows like 1/scale: a global clip then shrinks every other gradient
@@ -126,10 +130,14 @@ def train(
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
     stream = batches(numtok, texts, batch_size, max_length, seed)
     log: list[dict] = []
+    first = on_device(next(stream), model)
+    if not getattr(model, "threshold_measured", True):
+        # per-class thresholds are measured on the first training batch, before any update
+        model.calibrate_threshold(first["input_ids"], first["numerical_values"], first["attention_mask"])
     model.train()
     t0 = time.perf_counter()
     for step in range(steps + 1):
-        batch = on_device(next(stream), model)
+        batch = first if step == 0 else on_device(next(stream), model)
         out = model(batch["input_ids"], batch["numerical_values"], batch["attention_mask"])
         parts = gated_loss(
             out,
@@ -252,6 +260,100 @@ def generate(
 
 
 # -- evaluation --------------------------------------------------------------------------------------
+def normalised_probabilities(out: CausalOutput) -> torch.Tensor:
+    """The probabilities P_k / sum_j P_j [B, T, V] the calibration error is measured on. For OvR heads
+    they come from log P_k (:func:`cauchy.ovr_log_probability` of the margin) through a softmax, so a
+    position where every P_k rounds to 0 in float32 still has its ranking; softmax heads are unchanged."""
+    if out.margin is not None:
+        return torch.softmax(cauchy.ovr_log_probability(out.margin, out.distribution), -1)
+    return out.probs / out.probs.sum(-1, keepdim=True).clamp_min(1e-30)
+
+
+def position_metrics(
+    labels: torch.Tensor,
+    pred: torch.Tensor,
+    compat: torch.Tensor,
+    confidence: torch.Tensor,
+    loc_y: torch.Tensor,
+    scale_y: torch.Tensor,
+    values: torch.Tensor,
+    num_token_id: int,
+    dist: str = "cauchy",
+    n_bins: int = 10,
+) -> dict[str, float]:
+    """The metrics of :func:`evaluate` from per-position arrays, all [N] over the valid positions:
+    the next token ``labels``, the decision ``pred``, the compatible-mode argmax ``compat``, the
+    normalised probability of the decision ``confidence``, the value's location ``loc_y`` and scale
+    ``scale_y`` and the target ``values`` (read where the label is <NUM>).
+
+    Definitions (chapter 50) and the conventions where a ratio has nothing to divide by:
+
+    - accuracy, compat_accuracy: fraction of positions where ``pred`` (``compat``) equals the label.
+    - <NUM> precision = TP / (TP + FP), recall = TP / (TP + FN), F1 their harmonic mean, with
+      "positive" = the next token is <NUM>. When the set has no <NUM> target and none is predicted
+      (TP + FP + FN = 0) all three are 1 (nothing to find, nothing claimed wrongly); otherwise a ratio
+      with an empty denominator is 0 (numbers exist but none predicted: precision 0; F1 is 0 anyway).
+    - mae, median_ae (the middle value; the mean of the two middle ones for an even count), rmse: over
+      the positions where the label is <NUM> and the decision is <NUM>. With no such position they are
+      undefined: NaN, never 0, and ``n_numbers_predicted`` = 0 says why (reports print "undefined").
+    - coverage95: fraction of <NUM> targets inside the central 95% interval of the value
+      (half-width 12.706 scale for Cauchy, 1.96 sigma for Normal); NaN when the set has no <NUM> target
+      (``n_numbers`` = 0).
+    - ece: expected calibration error, sum over ``n_bins`` equal-width confidence bins ((lo, hi], the
+      first closed) of (bin size / N) |mean confidence - accuracy of the decisions in the bin|.
+
+    No position at all (N = 0) is a UserInputError: every metric would be undefined.
+    """
+    n = int(labels.numel())
+    if n == 0:
+        raise UserInputError(
+            "the evaluation set has no position with a next token (every text is at most one token): "
+            "give longer texts"
+        )
+    if not (isinstance(n_bins, int) and n_bins > 0):
+        raise UserInputError(f"n_bins={n_bins!r} must be a positive integer")
+    is_num = labels == num_token_id
+    pred_num = pred == num_token_id
+    tp = int((pred_num & is_num).sum())
+    fp = int((pred_num & ~is_num).sum())
+    fn = int((~pred_num & is_num).sum())
+    if tp + fp + fn == 0:
+        precision = recall = f1 = 1.0
+    else:
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    hit = pred_num & is_num
+    err = (loc_y[hit].double() - values[hit].double()).abs()
+    n_num = int(is_num.sum())
+    half = cauchy.interval_half_width(scale_y[is_num].double(), dist)
+    covered = int(((loc_y[is_num].double() - values[is_num].double()).abs() <= half).sum())
+    conf = confidence.double()
+    correct = (pred == labels).double()
+    ece = 0.0
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        inside = ((conf > lo) if i else (conf >= lo)) & (conf <= hi)
+        if inside.any():
+            ece += float(inside.double().mean() * (conf[inside].mean() - correct[inside].mean()).abs())
+    nan = float("nan")
+    return {
+        "accuracy": float(correct.mean()),
+        "compat_accuracy": float((compat == labels).double().mean()),
+        "num_precision": precision,
+        "num_recall": recall,
+        "num_f1": f1,
+        "mae": float(err.mean()) if len(err) else nan,
+        "median_ae": float(err.quantile(0.5)) if len(err) else nan,
+        "rmse": float(err.square().mean().sqrt()) if len(err) else nan,
+        "coverage95": covered / n_num if n_num else nan,
+        "ece": ece,
+        "n_positions": n,
+        "n_numbers": n_num,
+        "n_numbers_predicted": len(err),
+    }
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -261,73 +363,35 @@ def evaluate(
     max_length: int = 64,
     n_bins: int = 10,
 ) -> dict[str, float]:
-    """Metrics on one evaluation set (chapter 50 defines each).
+    """Metrics on one evaluation set, at every valid next-token position (definitions and the
+    conventions for empty ratios: :func:`position_metrics`).
 
     accuracy (OvR argmax, or softmax argmax for softmax heads) and compat_accuracy (argmax loc_S);
     <NUM> precision/recall/F1 (is the next token a number); MAE, median AE and RMSE on correctly
-    predicted numbers; 95% interval coverage on every <NUM> position (Cauchy half-width 12.706 scale,
-    1.96 sigma for Normal); ECE of the normalised probabilities (10 equal-width bins).
+    predicted numbers; 95% interval coverage on every <NUM> position; ECE of the normalised
+    probabilities of the model's decisions (10 equal-width bins).
     """
     texts = check_dataset(texts, "evaluation set")
     num = model.num_token_id
-    dist = model.config.distribution if isinstance(model, CausalQwen) else "normal"
-    correct = compat_correct = n_valid = 0
-    tp = fp = fn = 0
-    errors, covered, n_num = [], 0, 0
-    conf_all, hit_all = [], []
+    keys = ("labels", "pred", "compat", "confidence", "loc_y", "scale_y", "values")
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+    dist = None
     model.eval()
     for i in range(0, len(texts), batch_size):
         batch = on_device(numtok.batch(texts[i : i + batch_size], max_length=max_length), model)
         out = model(batch["input_ids"], batch["numerical_values"], batch["attention_mask"])
-        labels, valid, is_num, values = next_token_targets(
+        dist = out.distribution
+        labels, valid, _, values = next_token_targets(
             batch["input_ids"], batch["numerical_values"], batch["attention_mask"], num
         )
         pred = out.choice()
-        compat = out.loc_S.argmax(-1)
-        correct += int((pred == labels)[valid].sum())
-        compat_correct += int((compat == labels)[valid].sum())
-        n_valid += int(valid.sum())
-        pred_num = (pred == num) & valid
-        tp += int((pred_num & is_num).sum())
-        fp += int((pred_num & ~is_num).sum())
-        fn += int((~pred_num & is_num).sum())
-        hit = pred_num & is_num
-        errors += (out.loc_Y[hit] - values[hit]).abs().tolist()
-        half = cauchy.interval_half_width(out.scale_Y[is_num], dist)
-        covered += int(((out.loc_Y[is_num] - values[is_num]).abs() <= half).sum())
-        n_num += int(is_num.sum())
-        p = out.probs[valid]
-        p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
-        conf, arg = p.max(-1)
-        conf_all.append(conf.cpu())
-        hit_all.append((arg == labels[valid]).float().cpu())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    err = torch.tensor(errors, dtype=torch.float64)
-    conf, hit = torch.cat(conf_all).double(), torch.cat(hit_all).double()
-    ece = 0.0
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        inside = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
-        if inside.any():
-            ece += float(inside.double().mean() * (conf[inside].mean() - hit[inside].mean()).abs())
-    nan = float("nan")
-    return {
-        "accuracy": correct / max(n_valid, 1),
-        "compat_accuracy": compat_correct / max(n_valid, 1),
-        "num_precision": precision,
-        "num_recall": recall,
-        "num_f1": f1,
-        "mae": float(err.mean()) if len(err) else nan,
-        "median_ae": float(err.median()) if len(err) else nan,
-        "rmse": float(err.square().mean().sqrt()) if len(err) else nan,
-        "coverage95": covered / n_num if n_num else nan,
-        "ece": ece,
-        "n_positions": n_valid,
-        "n_numbers": n_num,
-        "n_numbers_predicted": len(errors),
-    }
+        conf = normalised_probabilities(out).gather(-1, pred[..., None])[..., 0]
+        for key, x in zip(
+            keys, (labels, pred, out.loc_S.argmax(-1), conf, out.loc_Y, out.scale_Y, values), strict=True
+        ):
+            parts[key].append(x[valid].cpu())
+    flat = {k: torch.cat(v) for k, v in parts.items()}
+    return position_metrics(**flat, num_token_id=num, dist=dist, n_bins=n_bins)
 
 
 def step0_agreement(

@@ -1,4 +1,4 @@
-"""``qwen-anatomy causal train|eval|generate|suite|pretrain``: CausalQwen from the command line (Part V).
+"""``qwen-anatomy causal train|eval|generate|suite|report|pretrain``: CausalQwen from the command line (Part V).
 
 Nothing heavy is imported at module level; every input is validated before a model is loaded.
 ``train`` writes a heads directory (the trained heads only: the frozen backbone is named, not copied):
@@ -66,16 +66,46 @@ def register(subparsers) -> None:
     t.add_argument("--out", required=True, type=Path, help="new directory for the trained heads")
     t.add_argument("--train-file", type=Path, help="training texts, one per line (default: synthetic texts)")
     t.add_argument("--max-length", type=positive_int, default=48)
-    t.add_argument("--baseline", action="store_true", help="train the softmax + Normal baseline instead")
-    t.add_argument("--causal-dim", type=positive_int, default=None, help="C (default: hidden size)")
-    t.add_argument("--gamma0", type=_float, default=10.0)
-    t.add_argument("--threshold", type=_float, default=10.0, help="OvR threshold C_k")
-    t.add_argument("--threshold-mode", default="scalar", help="scalar, per_class or learnable")
-    t.add_argument("--alpha", type=_float, default=1.0, help="gate: 1 hard mask, 0 weight by P_<NUM>")
-    t.add_argument("--lam", type=_float, default=1.0, help="weight of the regression loss")
-    t.add_argument("--classifier", default="ovr", help="ovr or softmax (ablation)")
-    t.add_argument("--distribution", default="cauchy", help="cauchy or normal (ablation)")
-    t.add_argument("--abduction-init", default="identity", help="identity or random (ablation)")
+    t.add_argument(
+        "--baseline",
+        action="store_true",
+        help="train the softmax + Normal baseline instead (it reads --gamma0 and --lam; the flags marked "
+        "'CausalQwen only' are refused with it)",
+    )
+    # Every model setting defaults to None ("not given": the CausalConfig default), so that a flag the
+    # chosen model does not read can be refused instead of silently ignored.
+    t.add_argument(
+        "--causal-dim", type=positive_int, default=None, help="C (default: hidden size); CausalQwen only"
+    )
+    t.add_argument(
+        "--gamma0", type=_float, default=None, help="initial scale of U / sigma of the baseline (10)"
+    )
+    t.add_argument(
+        "--threshold",
+        type=_float,
+        default=None,
+        help="OvR threshold C of --threshold-mode scalar (10); CausalQwen only",
+    )
+    t.add_argument(
+        "--threshold-mode",
+        default=None,
+        help="scalar (one fixed C, default), per_class (C_k measured on the first training batch, frozen) "
+        "or learnable (measured, then trained); CausalQwen only",
+    )
+    t.add_argument(
+        "--alpha",
+        type=_float,
+        default=None,
+        help="gate: 1 hard mask (default), 0 weight by P_<NUM>; CausalQwen only",
+    )
+    t.add_argument("--lam", type=_float, default=None, help="weight of the regression loss (1)")
+    t.add_argument("--classifier", default=None, help="ovr (default) or softmax (ablation); CausalQwen only")
+    t.add_argument(
+        "--distribution", default=None, help="cauchy (default) or normal (ablation); CausalQwen only"
+    )
+    t.add_argument(
+        "--abduction-init", default=None, help="identity (default) or random (ablation); CausalQwen only"
+    )
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate trained heads on the evaluation sets")
@@ -116,6 +146,22 @@ def register(subparsers) -> None:
     s.add_argument("--out-root", type=Path, default=None, help="default: data/results/causal")
     s.set_defaults(func=cmd_suite)
 
+    rp = sub.add_parser(
+        "report", help="figures (PNG) and summary.md for a saved suite directory (as chapter 50 shows it)"
+    )
+    rp.add_argument(
+        "results_dir", type=Path, metavar="RESULTS_DIR", help="a directory written by `causal suite`"
+    )
+    rp.add_argument("--out", type=Path, default=None, help="a new directory (default: RESULTS_DIR/report)")
+    rp.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="a basic or comprehensive suite directory whose baseline the figures mark (default: the suite's "
+        "own baseline, else the newest comprehensive run of the same backbone beside it)",
+    )
+    rp.set_defaults(func=cmd_report)
+
     r = sub.add_parser("pretrain", help="(re)train the small project backbone shipped as causal-tiny-lm")
     r.add_argument("--out", required=True, type=Path)
     r.add_argument("--steps", type=positive_int, default=600)
@@ -138,21 +184,52 @@ def _read_texts(path: Path | None, what: str) -> list[str] | None:
     return texts
 
 
-def _config_from_args(args):
-    from ..causal.model import CausalConfig
+# `causal train` flags that set a CausalConfig field (flag -> field); each defaults to None = not given
+CONFIG_FLAGS = {
+    "--causal-dim": "causal_dim",
+    "--gamma0": "gamma0",
+    "--threshold": "threshold",
+    "--threshold-mode": "threshold_mode",
+    "--alpha": "alpha",
+    "--lam": "lam",
+    "--classifier": "classifier",
+    "--distribution": "distribution",
+    "--abduction-init": "abduction_init",
+}
 
-    return CausalConfig(
-        causal_dim=args.causal_dim,
-        gamma0=args.gamma0,
-        threshold=args.threshold,
-        threshold_mode=args.threshold_mode,
-        alpha=args.alpha,
-        lam=args.lam,
-        classifier=args.classifier,
-        distribution=args.distribution,
-        abduction_init=args.abduction_init,
-        seed=args.seed,
-    )
+
+def _given_config(args) -> dict:
+    """The CausalConfig fields the user passed explicitly (flags left at None are not given)."""
+    return {
+        field: getattr(args, field) for field in CONFIG_FLAGS.values() if getattr(args, field) is not None
+    }
+
+
+def _config_from_args(args):
+    """The CausalConfig of `causal train`: the given flags over the defaults, seeded by --seed; refuses
+    (before anything loads) flags the chosen model would not read."""
+    from ..causal.model import MEASURED_THRESHOLD_MODES, BaselineQwen, CausalConfig, baseline_conflicts
+
+    given = _given_config(args)
+    config = CausalConfig(**given, seed=args.seed)
+    config.validate()  # bad values (an unknown --threshold-mode, alpha outside [0, 1] ...) first
+    flag = {field: name for name, field in CONFIG_FLAGS.items()}
+    if args.baseline:
+        bad = baseline_conflicts(given)
+        if bad:
+            fixed = ", ".join(f"{k}={v}" for k, v in BaselineQwen.FIXED.items())
+            raise UserInputError(
+                f"{', '.join(f'{flag[f]} {given[f]}' for f in bad)}: "
+                f"{'does' if len(bad) == 1 else 'do'} not apply to --baseline (a softmax "
+                f"head with a Normal regression head: {fixed}; it reads --gamma0 and --lam only); drop "
+                f"{' and '.join(flag[f] for f in bad)}, or drop --baseline to train CausalQwen"
+            )
+    elif config.threshold_mode in MEASURED_THRESHOLD_MODES and "threshold" in given:
+        raise UserInputError(
+            f"--threshold {given['threshold']:g} does not apply to --threshold-mode {config.threshold_mode} "
+            "(it measures C_k on the first training batch); drop --threshold, or use --threshold-mode scalar"
+        )
+    return config
 
 
 def cmd_train(args) -> int:
@@ -160,9 +237,9 @@ def cmd_train(args) -> int:
     from ..iochecks import check_output_dir, make_output_dir
     from ..loading import load_config, resolve_model
 
+    config = _config_from_args(args)  # refuses flags the model would not read, before anything else
     device, dtype = resolve(args.device, args.dtype)
     check_output_dir(args.out, "--out")
-    config = _config_from_args(args)
     model_path = resolve_model(args.model)
     hidden = load_config(model_path).hidden_size
     config.validate(None if args.baseline else hidden)
@@ -184,7 +261,12 @@ def cmd_train(args) -> int:
     from ..runrecord import RunRecord, atomic_write_json
 
     torch.manual_seed(args.seed)
-    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+    # the flags as given (model settings only when passed) and, once built, what the model actually used
+    params = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k != "func" and not (k in CONFIG_FLAGS.values() and v is None)
+    }
     make_output_dir(args.out, "--out")
     with RunRecord(
         args.out / "run_record.json", "qwen-anatomy causal train", params, seed=args.seed
@@ -196,6 +278,7 @@ def cmd_train(args) -> int:
             numtok = NumberTokenizer(tok)
             cls = BaselineQwen if args.baseline else CausalQwen
             model = cls(base, numtok.num_token_id, config)
+            record.data["parameters"]["model_config"] = model.used_config()
         if texts is None:
             texts = make_texts("train", args.n_train, args.seed)
         with record.stage("train"):
@@ -361,11 +444,22 @@ def cmd_eval(args) -> int:
             results[name] = m = evaluate(model, numtok, texts)
             print(
                 f"{name:9s} acc {m['accuracy']:.3f} (compat {m['compat_accuracy']:.3f})  <NUM> F1 {m['num_f1']:.3f}  "
-                f"MAE {m['mae']:.3g}  RMSE {m['rmse']:.3g}  coverage95 {m['coverage95']:.3f}  ECE {m['ece']:.3f}"
+                f"MAE {_metric(m['mae'], '.3g')}  RMSE {_metric(m['rmse'], '.3g')}  "
+                f"coverage95 {_metric(m['coverage95'], '.3f')}  ECE {m['ece']:.3f}"
+                + (
+                    "  (no number predicted correctly: MAE, RMSE undefined)"
+                    if not m["n_numbers_predicted"]
+                    else ""
+                )
             )
         if args.out:
             atomic_write_json(args.out, results)
     return 0
+
+
+def _metric(value: float, spec: str) -> str:
+    """A metric for the terminal; an undefined one (NaN, see causal.train.position_metrics) as such."""
+    return "undefined" if value != value else format(value, spec)
 
 
 def cmd_generate(args) -> int:
@@ -377,6 +471,11 @@ def cmd_generate(args) -> int:
         raise UserInputError("--prompt is empty: give some text")
     if not (0 <= args.temperature < float("inf")):
         raise UserInputError(f"--temperature {args.temperature} must be a finite number >= 0")
+    if args.temperature > 0 and args.mode != "compatible":
+        raise UserInputError(
+            f"--temperature {args.temperature:g} applies to --mode compatible only (--mode {args.mode} takes "
+            "the OvR argmax); drop --temperature or use --mode compatible"
+        )
     model, numtok = load_heads(args.heads, args.device, args.dtype)
     if args.mode in ("causal", "shared") and not hasattr(model, "causal_dim"):
         raise UserInputError(f"--mode {args.mode} needs CausalQwen heads; {args.heads} holds the baseline")
@@ -422,6 +521,17 @@ def cmd_suite(args) -> int:
     check_output_root(args.out_root or RESULTS_ROOT, "--out-root")
     check_config(config)
     out = run_and_save(config, args.out_root or RESULTS_ROOT, device=args.device, dtype=args.dtype)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no window
+    from ..causal.report import write_report
+
+    out = write_report(args.results_dir, args.out, args.reference)
     print(f"wrote {out}")
     return 0
 

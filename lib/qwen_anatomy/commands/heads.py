@@ -1,4 +1,5 @@
-"""Part IV command: ``heads`` (importance against plasticity). Heavy imports happen inside the handler."""
+"""Part IV commands: ``heads`` (importance against plasticity) and ``heads agree`` (across-run
+agreement of saved runs). Heavy imports happen inside the handlers."""
 
 from __future__ import annotations
 
@@ -30,12 +31,38 @@ SHAPE_FIELDS = (
 )
 
 
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _route_agree(parser: argparse.ArgumentParser, agree: argparse.ArgumentParser) -> None:
+    """``heads agree ...`` goes to the agree parser; ``heads MODEL ...`` stays as it always was.
+
+    (argparse cannot give one command both a positional MODEL and sub-commands, so the ``heads``
+    parser looks at its first word; a model directory named ``agree`` is reachable as ``./agree``.)
+    """
+
+    class HeadsParser(type(parser)):
+        def parse_known_args(self, args=None, namespace=None):
+            if args and args[0] == "agree":
+                return agree.parse_known_args(args[1:], namespace)
+            return super().parse_known_args(args, namespace)
+
+    parser.__class__ = HeadsParser
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "heads",
-        help="per-head ablation importance, gradient proxies and (with --finetuned) update sizes",
+        help="per-head ablation importance, gradient proxies and (with --finetuned) update sizes; "
+        "`heads agree DIR DIR ...` compares saved runs",
         description="Attention heads: importance against plasticity (book Part IV). Writes heads.csv, "
-        "groups.csv, stats.json, cases.json, figures and a run record into --out.",
+        "groups.csv, stats.json, cases.json, subset_indices.json, figures and a run record into --out. "
+        "`qwen-anatomy heads agree DIR DIR ...` measures the across-run agreement of saved runs "
+        "(see `qwen-anatomy heads agree -h`).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", help=f"θ0: {MODEL_HELP}")
@@ -50,7 +77,46 @@ def register(sub) -> None:
         default="zero",
         help="zero: gate the head to 0; mean: replace its output by its mean over the data",
     )
-    p.add_argument("--max-examples", type=positive_int, default=256, help="evaluation examples used (N > 0)")
+    p.add_argument(
+        "--max-examples",
+        type=positive_int,
+        default=256,
+        help="evaluation examples used (N > 0): the data file's first N non-blank lines, or with "
+        "--subset-seed N of them drawn at random (not consulted with --subset-file)",
+    )
+    subset = p.add_mutually_exclusive_group()
+    subset.add_argument(
+        "--subset-seed",
+        type=_int,
+        default=None,
+        metavar="S",
+        help="draw the --max-examples evaluation examples at random from the whole data file with seed "
+        "S (0..2**32-1; the original used 1,024 examples and seed 999); the drawn indices are written "
+        "to subset_indices.json in --out; None: the first --max-examples examples",
+    )
+    subset.add_argument(
+        "--subset-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="evaluate exactly the examples listed in a subset_indices.json of an earlier run (checked "
+        "against --data: same number of examples and same bytes)",
+    )
+    p.add_argument(
+        "--heads",
+        default=None,
+        metavar="L.H,L.H,...",
+        help="ablate only these query heads (layer.head, counted from 0, e.g. 0.3,2.1); gradient "
+        "proxies still cover every head; None: every head",
+    )
+    p.add_argument(
+        "--top-k",
+        type=_int,
+        default=None,
+        metavar="K",
+        help="size of every top-K set (top-K overlaps and the 'top' side of the counterexample sets), "
+        "1..number of ablated heads; None: 10%% of the heads (the original used 20)",
+    )
     p.add_argument("--max-tokens", type=positive_int, default=64, help="tokens per text example")
     p.add_argument("--batch-size", type=positive_int, default=16, help="examples per forward pass")
     p.add_argument("--replicas", type=positive_int, default=8, help="heads ablated per batched pass")
@@ -67,6 +133,40 @@ def register(sub) -> None:
     add_pickle_flag(p)
     p.set_defaults(func=cmd_heads)
 
+    agree = type(p)(
+        prog=f"{p.prog} agree",
+        description="Across-run agreement of saved head analyses (book Part IV): for every quantity "
+        "column shared by the runs' heads.csv (importance, gradient proxies, update sizes), the "
+        "pairwise Spearman ρ between runs and the overlap of their top-K sets against the chance "
+        "level K²/N. Writes agreement.csv (one row per quantity), agreement_pairs.csv (one row per "
+        "quantity and pair of runs), agreement.json and a run record into --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    agree.add_argument(
+        "runs",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="two or more output folders of `qwen-anatomy heads` (or seed-<s> folders of the book "
+        "experiment) for the same model architecture",
+    )
+    agree.add_argument("--out", required=True, type=Path, help="new output directory (never overwritten)")
+    agree.add_argument(
+        "--top-k",
+        type=_int,
+        default=None,
+        metavar="K",
+        help="size of the top-K sets, 1..number of heads compared; None: 10%% of them",
+    )
+    agree.add_argument(
+        "--quantities",
+        default=None,
+        metavar="Q,Q,...",
+        help="columns to compare, e.g. I_post,Urel; None: every numeric column the runs share",
+    )
+    agree.set_defaults(func=cmd_agree, command="heads agree")
+    _route_agree(p, agree)
+
 
 def cmd_heads(args) -> int:
     from ..devices import resolve
@@ -81,10 +181,28 @@ def cmd_heads(args) -> int:
     from ..loading import load_config, resolve_model
 
     path0 = resolve_model(args.model)
+    from ..heads.ablation import parse_heads
+    from ..heads.core import config_layout
+    from ..heads.data import draw_subset, pool_size, read_subset_file
+    from ..heads.stats import check_top_k
+
+    lay = config_layout(load_config(path0))
+    chosen = parse_heads(args.heads, lay) if args.heads is not None else None
+    n_ablated = lay.n_heads_total if chosen is None else len(chosen)
+    if args.top_k is not None:
+        among = "heads ablated" + (" (--heads)" if chosen is not None else "")
+        check_top_k(args.top_k, n_ablated, among=among)
+    pool = pool_size(args.data)
+    indices, subset_seed = None, args.subset_seed  # indices None: the first --max-examples examples
+    if args.subset_file is not None:
+        earlier = read_subset_file(args.subset_file, args.data)
+        indices, subset_seed = earlier["indices"], earlier.get("seed")
+    elif args.subset_seed is not None:
+        indices = draw_subset(pool, args.max_examples, args.subset_seed).tolist()
     early = None
     if is_task_file(args.data) or not (path0 / "tokenizer.json").is_file():
         # a task file is read and checked in full now; text without a tokenizer is refused now
-        early = load_eval_data(args.data, None, args.max_examples, args.max_tokens)
+        early = load_eval_data(args.data, None, args.max_examples, args.max_tokens, indices)
     if early is not None and early[1] == "task":
         from ..tasks.vocab import VOCAB_SIZE
 
@@ -105,20 +223,20 @@ def cmd_heads(args) -> int:
             )
 
     import torch
-    from tqdm.auto import tqdm
 
     from ..heads.analysis import ablation_passes, measure
     from ..heads.core import head_layout
     from ..heads.experiment import write_analysis
     from ..heads.plasticity import update_magnitudes
     from ..loading import load_model
+    from ..progress import progress_bar
     from ..runrecord import RunRecord
 
     torch.set_num_threads(args.threads)
     model0, tok = load_model(
         path0, weights_only_pickle=args.allow_pickle_weights_only, device=device, dtype=dtype
     )
-    batch, kind = early or load_eval_data(args.data, tok, args.max_examples, args.max_tokens)
+    batch, kind = early or load_eval_data(args.data, tok, args.max_examples, args.max_tokens, indices)
     from ..validate import check_token_ids
 
     check_token_ids(  # a tokenizer larger than the embedding table (an IndexError deep inside otherwise)
@@ -126,20 +244,28 @@ def cmd_heads(args) -> int:
         "tokenizer.json does not belong to its weights"
     )  # fmt: skip
     make_output_dir(args.out, "--out")
+    from ..heads.data import SUBSET_FILE, subset_record
+    from ..runrecord import atomic_write_json
+
+    drawn = indices if indices is not None else list(range(min(pool, args.max_examples)))
+    subset = subset_record(drawn, pool, subset_seed, args.data, evaluated=batch.source.tolist())
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
     record = RunRecord(args.out / "run_record.json", "qwen-anatomy heads", params)
     with record:
+        atomic_write_json(args.out / SUBSET_FILE, subset)
         record.data["data_kind"] = kind
         record.data["n_examples"] = len(batch)
+        record.data["subset"] = {k: v for k, v in subset.items() if k != "indices"} | {"file": SUBSET_FILE}
+        record.data["heads_ablated"] = n_ablated
         models = [("θ0", model0)]
         if path1 is not None:
             model1, _ = load_model(
                 path1, weights_only_pickle=args.allow_pickle_weights_only, device=device, dtype=dtype
             )
             models.append(("θ1", model1))
-        lay_total = ablation_passes(head_layout(model0), len(batch), args.batch_size) * len(models)
+        lay_total = ablation_passes(head_layout(model0), len(batch), args.batch_size, n_ablated) * len(models)
         results = []
-        with tqdm(total=lay_total, desc="ablating heads", unit="pass") as bar:
+        with progress_bar(total=lay_total, desc="ablating heads", unit="pass") as bar:
             for name, model in models:
                 with record.stage(f"measure {name}"):
                     results.append(
@@ -147,6 +273,7 @@ def cmd_heads(args) -> int:
                             model,
                             batch,
                             args.ablation,
+                            heads=chosen,
                             batch_size=args.batch_size,
                             replicas=args.replicas,
                             progress=bar.update,
@@ -162,6 +289,7 @@ def cmd_heads(args) -> int:
                 figures=not args.no_figures,
                 n_perm=args.permutations,
                 n_boot=args.bootstrap,
+                top_k=args.top_k,
             )
     print(
         f"{stats['n_heads']} heads, {len(batch)} {kind} examples, {args.ablation} ablation: "
@@ -172,4 +300,52 @@ def cmd_heads(args) -> int:
         f"best gradient proxy of ablation importance: {best['proxy']} at {best['theta']} "
         f"(Spearman {best['rho']:.3f})"
     )
+    from ..heads.analysis import head_quantities
+    from ..heads.report import most_important_line
+
+    print(most_important_line(head_quantities(results[0])["I_pre"], lay.num_heads))
+    return 0
+
+
+def cmd_agree(args) -> int:
+    from ..heads.agreement import agreement, format_summary, read_heads_table
+    from ..iochecks import check_output_dir, make_output_dir
+    from ..runrecord import RunRecord, atomic_write_json, atomic_write_text
+
+    if len(args.runs) < 2:
+        raise UserInputError(f"heads agree needs at least 2 run folders, got {len(args.runs)}")
+    seen = {}
+    for run in args.runs:
+        key = run.resolve()
+        if key in seen:
+            raise UserInputError(f"run folder {run} is given twice (also as {seen[key]}); list each run once")
+        seen[key] = run
+    check_output_dir(args.out, "--out")
+    tables = {str(run): read_heads_table(run) for run in args.runs}
+    quantities = None
+    if args.quantities is not None:
+        quantities = [q.strip() for q in args.quantities.split(",") if q.strip()]
+        if not quantities:
+            raise UserInputError("--quantities is empty: give column names such as I_post,Urel")
+    summary, pairs = agreement(tables, quantities, args.top_k)  # validates heads, quantities and K
+    make_output_dir(args.out, "--out")
+    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+    params["runs"] = [str(r) for r in args.runs]
+    with RunRecord(args.out / "run_record.json", "qwen-anatomy heads agree", params):
+        atomic_write_text(args.out / "agreement.csv", summary.to_csv(index=False))
+        atomic_write_text(args.out / "agreement_pairs.csv", pairs.to_csv(index=False))
+        atomic_write_json(
+            args.out / "agreement.json",
+            {
+                "runs": [str(r) for r in args.runs],
+                "top_k": args.top_k,
+                "quantities": summary.to_dict(orient="records"),
+                "pairs": pairs.to_dict(orient="records"),
+            },
+        )
+    print(
+        f"agreement of {len(args.runs)} runs ({len(summary)} quantities, pairwise Spearman and top-K overlap):"
+    )
+    print(format_summary(summary))
+    print(f"results in {args.out}")
     return 0

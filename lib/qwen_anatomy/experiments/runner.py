@@ -12,9 +12,11 @@ from .metrics import RUN_DIR_ENV
 from .params import RUN_FILE, _user_error, notebook_parameters, parameter_hash, plan_runs
 
 # The environment every run's kernel gets by default, as the Makefile exports it for `make book`:
-# offline (nothing may reach a model hub), and no Hugging Face progress bars, which in a notebook
-# are widgets whose rendering would load JavaScript from a CDN (the browser check fails on that).
+# offline (nothing may reach a model hub), and no progress bars (Hugging Face's or tqdm's, including
+# the library's own through qwen_anatomy.progress), which in a notebook are widgets whose rendering
+# would load JavaScript from a CDN (the browser check fails on that).
 KERNEL_ENV = {
+    "TQDM_DISABLE": "1",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",

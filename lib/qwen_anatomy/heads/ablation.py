@@ -60,6 +60,35 @@ def group_units(lay: HeadLayout) -> list[Unit]:
     ]
 
 
+def parse_heads(text: str, lay: HeadLayout, what: str = "--heads") -> list[int]:
+    """``"L.H,L.H,..."`` (layer and query head, both counted from 0) as sorted flat head indices
+    l·H + h, repeats removed. UserInputError naming the bad item and the model's ranges otherwise."""
+    ranges = f"layers 0..{lay.num_layers - 1}, heads 0..{lay.num_heads - 1}"
+    items = [item.strip() for item in str(text).split(",")]
+    if not any(items):
+        raise UserInputError(f"{what} is empty: list heads as LAYER.HEAD separated by commas, e.g. 0.3,2.1")
+    flat = set()
+    for item in items:
+        layer, dot, head = item.partition(".")
+        if not dot or not layer.strip().isdigit() or not head.strip().isdigit():
+            raise UserInputError(
+                f"{what}: {item!r} is not LAYER.HEAD; list heads as e.g. 0.3,2.1 (this model has {ranges})"
+            )
+        layer, head = int(layer), int(head)
+        if layer >= lay.num_layers or head >= lay.num_heads:
+            raise UserInputError(
+                f"{what}: head {item} does not exist; this model has {lay.num_layers} layers x "
+                f"{lay.num_heads} query heads ({ranges})"
+            )
+        flat.add(layer * lay.num_heads + head)
+    return sorted(flat)
+
+
+def head_name(flat: int, lay: HeadLayout) -> str:
+    """Flat head index l·H + h as ``"l.h"`` (the form ``--heads`` takes)."""
+    return f"{flat // lay.num_heads}.{flat % lay.num_heads}"
+
+
 @torch.no_grad()
 def head_means(model: nn.Module, batch: EvalBatch, batch_size: int = 32) -> torch.Tensor:
     """Mean per-head output z over every real position of the evaluation set: [L, H, d]."""

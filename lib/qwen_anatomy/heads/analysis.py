@@ -17,15 +17,17 @@ from torch import nn
 from .ablation import ablation_deltas, group_units, head_means, head_units
 from .core import EvalBatch, HeadLayout, head_layout, model_device
 from .gradients import gate_gradients, gradient_proxies
+from .plasticity import GROUP_UPDATES, HEAD_UPDATES
 from .stats import (
     bootstrap_spearman,
+    check_top_k,
     counterexamples,
     permutation_pvalue,
     spearman,
-    top_k,
     topk_overlap,
     within_layer,
 )
+from .stats import top_k as top_k_of
 
 PROXIES = ("G", "F", "Ppred", "snr", "neg_Eg", "norm")
 PROXY_LABELS = {
@@ -154,7 +156,8 @@ def head_quantities(
     """One number per query head (flat l·H + h) from the examples ``idx`` (None = all).
 
     Suffix _pre for θ0 and _post for θ1: I (mean Δloss), G, F, Ppred, snr, neg_Eg, norm;
-    from ``update``: U, Urel, U_QO, Urel_QO.
+    from ``update``: U, Urel, U_QO, Urel_QO and per projection Uq, Uk, Uv, Uo (those it holds:
+    update files written before the per-projection split lack them).
     """
     sel = slice(None) if idx is None else idx
     out = {}
@@ -166,23 +169,25 @@ def head_quantities(
             out[f"{name}_{tag}"] = value
         out[f"norm_{tag}"] = m.norm[sel].mean(0)
     if update is not None:
-        for name in ("U", "Urel", "U_QO", "Urel_QO"):
-            out[name] = np.asarray(update[name]).reshape(-1)
+        for name in HEAD_UPDATES:
+            if name in update:
+                out[name] = np.asarray(update[name]).reshape(-1)
     return out
 
 
 def group_quantities(
     m0: Measurements, m1: Measurements | None = None, update: dict | None = None, idx=None
 ) -> dict[str, np.ndarray]:
-    """One number per KV group (flat l·K + g): I_group_pre/post, U_KV, Urel_KV."""
+    """One number per KV group (flat l·K + g): I_group_pre/post, U_KV, Urel_KV, U_K, U_V."""
     sel = slice(None) if idx is None else idx
     out = {}
     for tag, m in (("pre", m0), ("post", m1)):
         if m is not None and m.dloss_group is not None:
             out[f"I_group_{tag}"] = m.dloss_group[sel].mean(0)
     if update is not None:
-        out["U_KV"] = np.asarray(update["U_KV"]).reshape(-1)
-        out["Urel_KV"] = np.asarray(update["Urel_KV"]).reshape(-1)
+        for name in GROUP_UPDATES:
+            if name in update:
+                out[name] = np.asarray(update[name]).reshape(-1)
     return out
 
 
@@ -225,11 +230,11 @@ def group_table(m0: Measurements, m1: Measurements | None = None, update: dict |
     return table
 
 
-def _pair_stats(x, y, layer, n_perm, seed) -> dict:
+def _pair_stats(x, y, layer, n_perm, seed, k: int | None = None) -> dict:
     ok = ~(np.isnan(x) | np.isnan(y))
     x, y, layer = x[ok], y[ok], layer[ok]
     within = within_layer(x, y, layer)
-    top = topk_overlap(x, y)
+    top = topk_overlap(x, y, k=None if k is None else min(k, len(x)))
     return {
         "n": int(ok.sum()),
         "rho": spearman(x, y),
@@ -249,15 +254,23 @@ def compute_stats(
     n_perm: int = 2000,
     n_boot: int = 300,
     seed: int = 0,
+    top_k: int | None = None,
 ) -> dict:
     """Every statistic of the chapter, each with its chance level (a JSON-ready dict).
 
     ``pairs``: Spearman ρ, permutation p, bootstrap interval over examples, within-layer ρ and
     top-K overlap for each pair among the main quantities; ``proxy_validity``: each gradient proxy
     against true ablation, at θ0 (and θ1); ``split``: U^QO vs head ablation and U^KV vs group
-    ablation; ``counterexamples``: the two sets against 0.03·N.
+    ablation; ``counterexamples``: the two sets against their chance level (0.03·N by default).
+
+    ``top_k``: the size K of every top-K set (overlaps, and the "top" side of the counterexample
+    sets); None = 10% of the heads compared. It must lie in 1..number of ablated heads (UserInputError
+    otherwise); a pair compared over fewer heads (the KV groups) uses min(K, its N).
     """
     lay = m0.layout
+    n_ablated = len(set(np.asarray(m0.ablated_heads).tolist()))
+    if top_k is not None:
+        top_k = check_top_k(top_k, n_ablated, among="heads ablated")
     layer = np.arange(lay.n_heads_total) // lay.num_heads
     q = head_quantities(m0, m1, update)
     main = ["I_pre", "G_pre", "F_pre", "Ppred_pre", "snr_pre", "neg_Eg_pre", "norm_pre"]
@@ -277,7 +290,7 @@ def compute_stats(
     )
     out_pairs = []
     for a, b in pairs:
-        row = {"x": a, "y": b, **_pair_stats(q[a], q[b], layer, n_perm, seed)}
+        row = {"x": a, "y": b, **_pair_stats(q[a], q[b], layer, n_perm, seed, top_k)}
         row["ci_low"], row["ci_high"] = boot[(a, b)]
         out_pairs.append(row)
     validity = []
@@ -286,8 +299,10 @@ def compute_stats(
             continue
         imp = q[f"I_{tag}"]
         for proxy in PROXIES:
-            stat = _pair_stats(q[f"{proxy}_{tag}"], imp, layer, n_perm, seed)
+            stat = _pair_stats(q[f"{proxy}_{tag}"], imp, layer, n_perm, seed, top_k)
             validity.append({"theta": "θ0" if tag == "pre" else "θ1", "proxy": proxy, **stat})
+    n_sets = int(ablated.sum())
+    k_sets = top_k if top_k is not None else top_k_of(n_sets)
     result = {
         "n_heads": lay.n_heads_total,
         "n_heads_ablated": int(ablated.sum()),
@@ -295,9 +310,13 @@ def compute_stats(
         "n_examples": len(m0.loss),
         "ablation": m0.ablation,
         "baseline_loss_pre": float(m0.loss.mean()),
-        "top_k": top_k(int(ablated.sum())),
-        "topk_chance": top_k(int(ablated.sum())) ** 2 / max(1, int(ablated.sum())),
-        "counterexample_chance": 0.03 * int(ablated.sum()),
+        "top_k": k_sets,
+        "top_k_given": top_k is not None,
+        "topk_chance": k_sets**2 / max(1, n_sets),
+        # 0.03·N at the default fractions (10% top, 30% bottom); K·(0.3·N)/N with a given K
+        "counterexample_chance": (
+            0.03 * n_sets if top_k is None else k_sets * max(1, int(round(0.30 * n_sets))) / max(1, n_sets)
+        ),
         "pairs": out_pairs,
         "proxy_validity": validity,
     }
@@ -307,7 +326,7 @@ def compute_stats(
         cases = {}
         for imp in ("I_pre", "I_post") if m1 is not None else ("I_pre",):
             for upd in ("Urel", "U"):
-                c = counterexamples(q[imp][ablated], q[upd][ablated])
+                c = counterexamples(q[imp][ablated], q[upd][ablated], k=top_k)
                 names = np.flatnonzero(ablated)
                 for key in ("important_but_static", "plastic_but_unimportant"):
                     c[key] = [int(names[i]) for i in c[key]]
@@ -320,7 +339,7 @@ def compute_stats(
                 "x": "U_QO",
                 "y": "I_pre",
                 "unit": "query head",
-                **_pair_stats(q["U_QO"], q["I_pre"], layer, n_perm, seed),
+                **_pair_stats(q["U_QO"], q["I_pre"], layer, n_perm, seed, top_k),
             }
         ]
         if "I_group_pre" in g:
@@ -329,7 +348,7 @@ def compute_stats(
                     "x": "U_KV",
                     "y": "I_group_pre",
                     "unit": "KV group",
-                    **_pair_stats(g["U_KV"], g["I_group_pre"], glayer, n_perm, seed),
+                    **_pair_stats(g["U_KV"], g["I_group_pre"], glayer, n_perm, seed, top_k),
                 }
             )
         result["split"] = split

@@ -31,12 +31,14 @@ IGNORE = -100
 class EvalBatch:
     """Right-padded token ids [E, T] and next-token targets [E, T] (``IGNORE`` = not scored).
 
-    ``targets[i, t]`` is the token that position t should predict (already shifted).
+    ``targets[i, t]`` is the token that position t should predict (already shifted). ``source[i]``,
+    when known, is example i's index in the data it came from (among the file's non-blank lines).
     """
 
     input_ids: torch.Tensor
     targets: torch.Tensor
     lengths: torch.Tensor  # [E] real tokens per example
+    source: torch.Tensor | None = None  # [E] index of each example in its data file
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -44,11 +46,14 @@ class EvalBatch:
     def subset(self, idx) -> EvalBatch:
         idx = torch.as_tensor(idx, dtype=torch.long, device=self.input_ids.device)
         t = int(self.lengths[idx].max())
-        return EvalBatch(self.input_ids[idx, :t], self.targets[idx, :t], self.lengths[idx])
+        source = None if self.source is None else self.source[idx.cpu()]
+        return EvalBatch(self.input_ids[idx, :t], self.targets[idx, :t], self.lengths[idx], source)
 
     def to(self, device) -> EvalBatch:
         """The same batch on another device (the model's)."""
-        return EvalBatch(self.input_ids.to(device), self.targets.to(device), self.lengths.to(device))
+        return EvalBatch(
+            self.input_ids.to(device), self.targets.to(device), self.lengths.to(device), self.source
+        )
 
     def real_mask(self) -> torch.Tensor:
         """[E, T] bool, True at real (non-padding) positions."""
@@ -124,7 +129,11 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def head_layout(model: nn.Module) -> HeadLayout:
-    cfg = model.config
+    return config_layout(model.config)
+
+
+def config_layout(cfg) -> HeadLayout:
+    """The head layout from a model config (before loading any weights)."""
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     return HeadLayout(cfg.num_hidden_layers, heads, cfg.num_key_value_heads, head_dim)

@@ -41,12 +41,16 @@ def write_analysis(
     figures: bool = True,
     n_perm: int = 2000,
     n_boot: int = 300,
+    top_k: int | None = None,
 ) -> dict:
-    """Write tables, statistics, cases, raw measurements and figures into ``out_dir``; return stats."""
+    """Write tables, statistics, cases, raw measurements and figures into ``out_dir``; return stats.
+
+    ``top_k``: K of the top-K sets (None = 10% of the heads), see :func:`compute_stats`.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if stats is None:
-        stats = compute_stats(m0, m1, update, n_perm=n_perm, n_boot=n_boot)
+        stats = compute_stats(m0, m1, update, n_perm=n_perm, n_boot=n_boot, top_k=top_k)
     heads = head_table(m0, m1, update)
     groups = group_table(m0, m1, update)
     atomic_write_text(out_dir / "heads.csv", heads.to_csv(index=False))
@@ -80,6 +84,9 @@ def _figures(out_dir: Path, heads, stats: dict, m0: Measurements, has_update: bo
         for c in ("I_pre", "I_post", "G_pre", "Ppred_pre", "snr_pre", "neg_Eg_pre", "norm_pre", "U", "Urel")
         if c in heads
     ]
+    fig = plots.importance_vs_gradients(heads, "I_pre", ("G_pre", "neg_Eg_pre"))
+    plotting.save(fig, out_dir / "importance_vs_gradient.png")
+    plt.close(fig)
     fig = plots.heatmaps(heads, names, lay.num_layers, lay.num_heads)
     plotting.save(fig, out_dir / "heatmaps.png")
     plt.close(fig)
@@ -108,6 +115,7 @@ class HeadsExperiment:
     n_perm: int = 2000
     n_boot: int = 300
     figures: bool = False  # committed results hold no plot images: the notebook draws them
+    top_k: int | None = None  # K of every top-K set; None = 10% of the heads
 
 
 AGREEMENT_QUANTITIES = ("I_post", "U", "Urel", "G_post", "neg_Eg_post", "Ppred_post")
@@ -131,7 +139,13 @@ def run(config: HeadsExperiment, out_dir: str | Path = DEFAULT_OUT, progress: bo
 
     out_dir = Path(out_dir)
     refuse_overwrite(out_dir, "results directory")
-    resolve_model(config.theta0)
+    path0 = resolve_model(config.theta0)
+    if config.top_k is not None:  # before any fine-tuning
+        from ..loading import load_config
+        from .core import config_layout
+        from .stats import check_top_k
+
+        check_top_k(config.top_k, config_layout(load_config(path0)).n_heads_total, "top_k")
     out_dir.mkdir(parents=True)
     record = RunRecord(
         out_dir / "run_record.json",
@@ -181,6 +195,7 @@ def run(config: HeadsExperiment, out_dir: str | Path = DEFAULT_OUT, progress: bo
                     figures=config.figures,
                     n_perm=config.n_perm,
                     n_boot=config.n_boot,
+                    top_k=config.top_k,
                 )
             q = head_quantities(m0, m1, update)
             for name in AGREEMENT_QUANTITIES:
@@ -188,7 +203,7 @@ def run(config: HeadsExperiment, out_dir: str | Path = DEFAULT_OUT, progress: bo
             per_seed[seed] = {"finetune_evaluation": _small(result), "stats_file": f"seed-{seed}/stats.json"}
             if progress:
                 print(f"seed {seed}: θ1 loss {m1.loss.mean():.4f} (θ0 {m0.loss.mean():.4f})", flush=True)
-        agreement = {name: across_seed_agreement(v) for name, v in quantities.items()}
+        agreement = {name: across_seed_agreement(v, k=config.top_k) for name, v in quantities.items()}
         q0 = head_quantities(m0)
         agreement["I_pre (θ0, for reference)"] = {"note": "one θ0, no seeds", "n_heads": len(q0["I_pre"])}
         atomic_write_json(out_dir / "agreement.json", agreement)
@@ -263,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=HeadsExperiment.finetune_steps)
     parser.add_argument("--eval-examples", type=int, default=HeadsExperiment.eval_examples)
     parser.add_argument("--ablation", choices=("zero", "mean"), default="zero")
+    parser.add_argument(
+        "--top-k", type=int, default=None, help="K of every top-K set (default 10%% of heads)"
+    )
     args = parser.parse_args(argv)
     cfg = HeadsExperiment(
         theta0=args.theta0,
@@ -270,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         finetune_steps=args.steps,
         eval_examples=args.eval_examples,
         ablation=args.ablation,
+        top_k=args.top_k,
     )
     run(cfg, args.out)
     return 0

@@ -9,6 +9,11 @@ by the group's H/K query heads. With the shared part apportioned equally,
 so Σ_h U_h² is exactly the layer's whole attention ‖Δθ‖². Urel = U / ‖θ0_h‖ over the same slices with
 the same apportioning (an L2 ratio, unlike the original's L2-over-plain-sum). The split view:
 U^QO_h = sqrt(‖ΔQ_h‖² + ‖ΔO_h‖²) per query head and U^KV_g = sqrt(‖ΔK_g‖² + ‖ΔV_g‖²) per group.
+
+Per projection, with the same apportioning, so that U_h² = Uq² + Uk² + Uv² + Uo² exactly:
+Uq_h = ‖ΔQ_h‖, Uo_h = ‖ΔO_h‖, Uk_h = ‖ΔK_g‖ / sqrt(group_size), Uv_h = ‖ΔV_g‖ / sqrt(group_size).
+A KV group's update is thus shared equally (in squared norm) by its query heads: Σ_h Uk_h² over a
+group is ‖ΔK_g‖², and the undivided group norms are U_K and U_V per group.
 """
 
 from __future__ import annotations
@@ -77,16 +82,24 @@ def _split_squares(model: nn.Module, other: nn.Module | None, layer: int) -> dic
     return out
 
 
+HEAD_UPDATES = ("U", "Urel", "U_QO", "Urel_QO", "Uq", "Uk", "Uv", "Uo")
+GROUP_UPDATES = ("U_KV", "Urel_KV", "U_K", "U_V")
+
+
 def update_magnitudes(model0: nn.Module, model1: nn.Module) -> dict[str, np.ndarray]:
-    """U, Urel, U_QO, Urel_QO per query head [L, H]; U_KV, Urel_KV per group [L, K]."""
+    """Per query head [L, H]: U, Urel, U_QO, Urel_QO and the per-projection Uq, Uk, Uv, Uo
+    (K and V apportioned over the group's query heads); per KV group [L, K]: U_KV, Urel_KV, U_K, U_V."""
     check_same_architecture(model0, model1)
     lay = head_layout(model0)
     group = np.arange(lay.num_heads) // lay.group_size
-    keys = ("U", "Urel", "U_QO", "Urel_QO")
-    out = {name: np.zeros((lay.num_layers, lay.num_heads)) for name in keys}
-    out |= {name: np.zeros((lay.num_layers, lay.num_kv_heads)) for name in ("U_KV", "Urel_KV")}
+    out = {name: np.zeros((lay.num_layers, lay.num_heads)) for name in HEAD_UPDATES}
+    out |= {name: np.zeros((lay.num_layers, lay.num_kv_heads)) for name in GROUP_UPDATES}
     for layer in range(lay.num_layers):
         delta = {k: v.cpu().numpy() for k, v in _split_squares(model0, model1, layer).items()}
+        out["Uq"][layer], out["Uo"][layer] = np.sqrt(delta["q"]), np.sqrt(delta["o"])
+        out["Uk"][layer] = np.sqrt(delta["k"][group] / lay.group_size)
+        out["Uv"][layer] = np.sqrt(delta["v"][group] / lay.group_size)
+        out["U_K"][layer], out["U_V"][layer] = np.sqrt(delta["k"]), np.sqrt(delta["v"])
         init = {k: v.cpu().numpy() for k, v in _split_squares(model0, None, layer).items()}
         for src, tag in ((delta, "U"), (init, "N")):
             qo = src["q"] + src["o"]

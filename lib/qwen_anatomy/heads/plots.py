@@ -18,6 +18,12 @@ LABELS = {
     "snr_pre": "(E g)²/E[g²] at θ0",
     "neg_Eg_pre": "−E[g] at θ0",
     "norm_pre": "head-output norm at θ0",
+    "G_post": "G = E|g| at θ1",
+    "neg_Eg_post": "−E[g] at θ1",
+    "Uq": "update of Q rows ‖ΔQ_h‖",
+    "Uk": "update of K rows (group share)",
+    "Uv": "update of V rows (group share)",
+    "Uo": "update of O columns ‖ΔO_h‖",
 }
 
 
@@ -54,6 +60,36 @@ def importance_vs_update(
         ax.legend(loc="best", fontsize=8)
     plotting.label(ax, label_of(update), label_of(importance), f"{importance} against {update}")
     return ax.figure
+
+
+def importance_vs_gradient(
+    table, importance: str = "I_pre", gradient: str = "G_pre", ax=None, title: str | None = None
+):
+    """Scatter of ablation importance (y) against a gradient quantity (x), one point per head where
+    both are defined (a run that ablated a subset of heads has NaN importance elsewhere), coloured
+    by layer. For −E[g], the first-order estimate of zero ablation in the same unit (nats), the
+    line y = x marks where the estimate would be exact."""
+    if ax is None:
+        fig, ax = plotting.figure(width=5.2, height=4.0)
+    rows = table[[importance, gradient, "layer"]].dropna()
+    x, y = rows[gradient].to_numpy(), rows[importance].to_numpy()
+    sc = ax.scatter(x, y, c=rows["layer"], cmap="viridis", s=22, alpha=0.85)
+    ax.figure.colorbar(sc, ax=ax, label="layer")
+    if gradient.startswith("neg_Eg") and len(rows):
+        lim = [min(x.min(), y.min()), max(x.max(), y.max())]
+        ax.plot(lim, lim, color="grey", lw=1, label="y = x (first order exact)")
+        ax.legend(loc="best", fontsize=8)
+    default = f"{importance} against {gradient} ({len(rows)} heads)"
+    plotting.label(ax, label_of(gradient), label_of(importance), title or default)
+    return ax.figure
+
+
+def importance_vs_gradients(table, importance: str = "I_pre", gradients=("G_pre", "neg_Eg_pre")):
+    """One :func:`importance_vs_gradient` panel per gradient quantity, side by side."""
+    fig, axes = plotting.figure(ncols=len(gradients), width=5.0, height=4.0)
+    for ax, gradient in zip(np.atleast_1d(axes).reshape(-1), gradients, strict=True):
+        importance_vs_gradient(table, importance, gradient, ax=ax)
+    return fig
 
 
 def heatmaps(table, names, num_layers: int, num_heads: int, ncols: int = 3):
@@ -119,7 +155,7 @@ def overlap_bars(pairs: list[dict], ax=None):
         ax,
         f"heads in both top-{pairs[0]['topk_k']} sets",
         "pair of quantities",
-        "Top-K overlap (K = 10% of heads)",
+        f"Top-K overlap (K = {pairs[0]['topk_k']})",
     )
     return ax.figure
 

@@ -290,3 +290,23 @@ def ppred_max(res: dict) -> float:
         for r in res["seeds"].values()
         for t in ("pre", "post")
     )
+
+
+def most_important(importance, num_heads: int, n: int = 3) -> list[tuple[str, float]]:
+    """The ``n`` heads of highest importance as ("layer.head", value), highest first; heads whose
+    importance is undefined (NaN: not ablated) are left out, ties broken by head order."""
+    values = np.asarray(importance, dtype=np.float64)
+    flat = np.flatnonzero(~np.isnan(values))
+    order = flat[np.lexsort((flat, -values[flat]))][:n]
+    return [(f"{i // num_heads}.{i % num_heads}", float(values[i])) for i in order]
+
+
+def most_important_line(importance, num_heads: int, n: int = 3, theta: str = "θ0") -> str:
+    """One line naming the most important of the ablated heads, e.g. for the command's output."""
+    values = np.asarray(importance, dtype=np.float64)
+    n_ablated = int((~np.isnan(values)).sum())
+    top = most_important(values, num_heads, n)
+    if not top:
+        return "no head was ablated"
+    listed = ", ".join(f"{name} (Δloss {value:+.4f} nats)" for name, value in top)
+    return f"most important of the {n_ablated} ablated heads at {theta} (layer.head): {listed}"

@@ -4,9 +4,11 @@
   over evaluation examples (resample examples, recompute every per-head quantity, recompute ρ);
 - within-layer ρ: the per-layer Spearman averaged over layers, and the Spearman of layer-demeaned
   ranks (depth drives everything, so the within-layer numbers are the honest ones);
-- top-K overlap at K = 10% of the heads against the independence expectation K²/N;
-- counterexample sets: important-but-static (importance top 10%, update bottom 30%) and
-  plastic-but-unimportant (update top 10%, importance bottom 30%), each against 0.03·N;
+- top-K overlap at K = 10% of the heads (or a given K; the original used K = 20) against the
+  independence expectation K²/N;
+- counterexample sets: important-but-static (importance top 10%, or top K, and update bottom 30%) and
+  plastic-but-unimportant (update top 10% or top K, importance bottom 30%), each against its chance
+  level K·(0.3·N)/N (0.03·N at K = 10%);
 - across-seed agreement: mean pairwise Spearman and top-K overlap between fine-tuning seeds.
 """
 
@@ -18,6 +20,8 @@ from itertools import combinations
 
 import numpy as np
 from scipy.stats import rankdata
+
+from ..errors import UserInputError
 
 
 def ranks(x: np.ndarray) -> np.ndarray:
@@ -71,8 +75,20 @@ def within_layer(x, y, layer: np.ndarray) -> dict[str, float]:
     }
 
 
-def top_k(n: int, frac: float = 0.10) -> int:
+def top_k(n: int, frac: float = 0.10, k: int | None = None) -> int:
+    """K of a top-K set among ``n`` heads: ``k`` when given (checked 1 <= k <= n), else frac·N."""
+    if k is not None:
+        return check_top_k(k, n)
     return max(1, int(round(frac * n)))
+
+
+def check_top_k(k, n: int, what: str = "--top-k", among: str = "heads") -> int:
+    """``k`` as an int in 1..n, else UserInputError naming the accepted range."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= int(k) <= n:
+        raise UserInputError(
+            f"{what} {k!r}: a top-K set needs an integer K from 1 to {n} (the number of {among})"
+        )
+    return int(k)
 
 
 def _top(x: np.ndarray, k: int) -> set[int]:
@@ -86,17 +102,21 @@ def _bottom(x: np.ndarray, k: int) -> set[int]:
     return set(order[:k].tolist())
 
 
-def topk_overlap(x, y, frac: float = 0.10) -> dict[str, float]:
-    """|top-K(x) ∩ top-K(y)| at K = frac·N, and the chance level K²/N."""
+def topk_overlap(x, y, frac: float = 0.10, k: int | None = None) -> dict[str, float]:
+    """|top-K(x) ∩ top-K(y)| at K = ``k`` (default frac·N), and the chance level K²/N."""
     n = len(x)
-    k = top_k(n, frac)
+    k = top_k(n, frac, k)
     return {"k": k, "overlap": len(_top(x, k) & _top(y, k)), "chance": k * k / n}
 
 
-def counterexamples(importance, update, top: float = 0.10, bottom: float = 0.30) -> dict[str, object]:
-    """Important-but-static and plastic-but-unimportant heads (flat indices) vs 0.03·N."""
+def counterexamples(
+    importance, update, top: float = 0.10, bottom: float = 0.30, k: int | None = None
+) -> dict[str, object]:
+    """Important-but-static and plastic-but-unimportant heads (indices into the vectors) against the
+    independence expectation (0.03·N at the default fractions). ``k`` replaces the top fraction by a
+    top-K set of that size."""
     n = len(importance)
-    kt, kb = top_k(n, top), max(1, int(round(bottom * n)))
+    kt, kb = top_k(n, top, k), max(1, int(round(bottom * n)))
     static = sorted(_top(importance, kt) & _bottom(update, kb))
     plastic = sorted(_top(update, kt) & _bottom(importance, kb))
     return {
@@ -105,6 +125,8 @@ def counterexamples(importance, update, top: float = 0.10, bottom: float = 0.30)
         "n_important_but_static": len(static),
         "n_plastic_but_unimportant": len(plastic),
         "chance": kt * kb / n,  # = 0.03·N up to rounding of the two set sizes
+        "k_top": kt,
+        "k_bottom": kb,
     }
 
 
@@ -138,28 +160,33 @@ def bootstrap_spearman(
     return out
 
 
-def across_seed_agreement(rankings: Sequence[np.ndarray], frac: float = 0.10) -> dict[str, float]:
-    """Mean pairwise Spearman and top-K overlap of one quantity measured under different seeds."""
-    if len(rankings) < 2:
-        return {
-            "n_seeds": len(rankings),
-            "mean_spearman": math.nan,
-            "min_spearman": math.nan,
-            "mean_topk_overlap": math.nan,
-            "topk_chance": math.nan,
-            "k": math.nan,
-        }
+def across_seed_agreement(
+    rankings: Sequence[np.ndarray], frac: float = 0.10, k: int | None = None
+) -> dict[str, float]:
+    """Mean pairwise Spearman and top-K overlap of one quantity measured under different seeds.
+
+    Heads undefined (NaN) in any run, such as heads a run did not ablate, are left out of every pair,
+    so each pair compares the same heads; K is ``k`` or frac·N over those N heads.
+    """
+    values = np.vstack([np.asarray(r, dtype=np.float64) for r in rankings]) if rankings else np.zeros((0, 0))
+    values = values[:, ~np.isnan(values).any(0)]  # [runs, heads defined in every run]
+    n = values.shape[1]
+    if len(rankings) < 2 or n == 0:
+        nan = math.nan
+        return {"n_seeds": len(rankings), "mean_spearman": nan, "min_spearman": nan,
+                "mean_topk_overlap": nan, "topk_chance": nan, "k": nan, "n_heads": n}  # fmt: skip
+    k = top_k(n, frac, k)
     rhos, overlaps = [], []
-    for a, b in combinations(rankings, 2):
+    for a, b in combinations(values, 2):
         rhos.append(spearman(a, b))
-        overlaps.append(topk_overlap(a, b, frac)["overlap"])
-    n = len(rankings[0])
-    k = top_k(n, frac)
+        overlaps.append(topk_overlap(a, b, k=k)["overlap"])
+    defined = [r for r in rhos if not math.isnan(r)]  # a constant ranking has no ρ
     return {
         "n_seeds": len(rankings),
-        "mean_spearman": float(np.nanmean(rhos)),
-        "min_spearman": float(np.nanmin(rhos)),
+        "mean_spearman": float(np.mean(defined)) if defined else math.nan,
+        "min_spearman": float(np.min(defined)) if defined else math.nan,
         "mean_topk_overlap": float(np.mean(overlaps)),
         "topk_chance": k * k / n,
         "k": k,
+        "n_heads": n,
     }

@@ -71,8 +71,8 @@ def matrix_spectra(
     Matrices with non-finite values are left out (the table marks them and skips their spectra)."""
     import scipy.linalg  # noqa: F401  (threadpoolctl limits only BLAS libraries already loaded)
     from threadpoolctl import threadpool_limits
-    from tqdm.auto import tqdm
 
+    from ..progress import progress_bar
     from . import safetensors_io as sio
     from .checkpoint import open_checkpoint
     from .table import CHUNK_ELEMENTS, select_entries
@@ -81,7 +81,7 @@ def matrix_spectra(
     entries = [e for e in select_entries(ck, include) if len(e.shape) == 2]
     out = {}
     with threadpool_limits(limits=threads):
-        for entry in tqdm(entries, unit="matrix", disable=not progress, desc="spectra"):
+        for entry in progress_bar(entries, unit="matrix", enabled=progress, desc="spectra"):
             if ck.format == "safetensors" and entry.dtype not in sio.NUMPY_DTYPES:
                 continue
             rows, cols = entry.shape

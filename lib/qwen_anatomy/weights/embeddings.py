@@ -167,9 +167,9 @@ class _Moments:
 
 def _chunks(ck, entry, n_rows: int, step: int, desc: str, progress: bool):
     """(start, stop, float32 rows) for consecutive row chunks of ``entry``, with a progress bar."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
-    with tqdm(total=n_rows, unit="row", unit_scale=True, desc=desc, disable=not progress) as bar:
+    with progress_bar(total=n_rows, unit="row", unit_scale=True, desc=desc, enabled=progress) as bar:
         for start in range(0, n_rows, step):
             stop = min(n_rows, start + step)
             block = np.ascontiguousarray(ck.read_rows(entry, start, stop), dtype=np.float32)

@@ -646,12 +646,13 @@ def grid_table(ck, max_rows: int | None = None, progress: bool = True) -> GridRe
     import time
 
     import pandas as pd
-    from tqdm.auto import tqdm
+
+    from ..progress import progress_bar
 
     t0 = time.perf_counter()
     entries = quantised_entries(ck)
     rows, pooled = [], {}
-    for entry in tqdm(entries, unit="tensor", desc="grids", disable=not progress):
+    for entry in progress_bar(entries, unit="tensor", desc="grids", enabled=progress):
         stats = tensor_grid(ck, entry, max_rows)
         picked = sample_rows(entry.extra["rows"], max_rows)
         rows.append(
@@ -916,7 +917,8 @@ def compare_tied(
     import time
 
     import pandas as pd
-    from tqdm.auto import tqdm
+
+    from ..progress import progress_bar
 
     pair = stored_pair(ck)
     if pair is None:
@@ -931,7 +933,7 @@ def compare_tied(
     parts = []
     z = dict.fromkeys(("ref_zero", "other_zero", "both_zero", "other_only_zero"), 0)
     ext_err, rest_err = [], []
-    for start in tqdm(range(0, n, chunk_rows), unit="chunk", desc="tied pair", disable=not progress):
+    for start in progress_bar(range(0, n, chunk_rows), unit="chunk", desc="tied pair", enabled=progress):
         stop = min(n, start + chunk_rows)
         dr = decode_blocks(g.read_raw(ref, start, stop), ref.dtype)
         do = decode_blocks(g.read_raw(other, start, stop), other.dtype)

@@ -705,13 +705,14 @@ def _run(ck, entries, spectra, threads, progress, partial, done, timings, say=No
     # threadpoolctl limits only the BLAS libraries already loaded: load scipy's OpenBLAS first
     import scipy.linalg  # noqa: F401
     from threadpoolctl import threadpool_limits
-    from tqdm.auto import tqdm
+
+    from ..progress import progress_bar
 
     rows = []
     fh = open(partial, "a") if partial is not None else None  # noqa: SIM115 (closed below)
     try:
         with threadpool_limits(limits=threads):
-            bar = tqdm(entries, unit="tensor", disable=not progress, desc="params")
+            bar = progress_bar(entries, unit="tensor", enabled=progress, desc="params")
             for i, entry in enumerate(bar, 1):
                 if entry.name in done:
                     rows.append(done[entry.name])

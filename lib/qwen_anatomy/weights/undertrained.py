@@ -578,14 +578,15 @@ def verify(
     """
     import pandas as pd
     import torch
-    from tqdm.auto import tqdm
+
+    from ..progress import progress_bar
 
     token_ids = [int(i) for i in token_ids]
     prompts = [p for p in (prompt_ids(tok, t) for t in templates) if p is not None]
     device = model.device
     result = {"id": token_ids}
     total = len(token_ids) * len(prompts)
-    bar = tqdm(total=total, desc="verifying tokens", unit="prompt", disable=not progress)
+    bar = progress_bar(total=total, desc="verifying tokens", unit="prompt", enabled=progress)
     with torch.no_grad():
         for prompt in prompts:
             probs = np.zeros((len(token_ids), new_tokens))
