@@ -95,3 +95,26 @@ def test_refuses_an_existing_result(tmp_path):
     (tmp_path / "x" / "finetune.json").write_text("{}")
     with pytest.raises(UserInputError, match="already exists"):
         _run(tmp_path, "x")
+
+
+def test_module_command(tmp_path, capsys):
+    from qwen_anatomy.heads.finetune import main
+
+    argv = [
+        "--model",
+        TINY,
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--block-tokens",
+        "32",
+        "--train-chars",
+        "20000",
+    ]
+    argv += ["--heldout-chars", "5000", "--eval-every", "1", "--eval-blocks", "4", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert "held-out loss" in capsys.readouterr().out and (tmp_path / "a" / "model" / "config.json").is_file()
+    assert main([*argv, "--out", str(tmp_path / "b"), "--steps", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--steps" in err[0] and not (tmp_path / "b").exists()

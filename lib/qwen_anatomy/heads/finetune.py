@@ -270,3 +270,39 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, progress: bool = True)
             k: summary[k] for k in ("heldout_loss_before", "heldout_loss_after", "seconds_per_step")
         }
     return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m qwen_anatomy.heads.finetune --out DIR [--model M] [--seed S] ...``: one θ1.
+
+    Then measure the pair with ``qwen-anatomy heads M --data DIR/heldout.txt --finetuned DIR/model``."""
+    import argparse
+    import sys
+
+    defaults = FinetuneConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m qwen_anatomy.heads.finetune",
+        description="Fine-tune a checkpoint on the standard-library documentation (θ1 of chapter 40's real pair).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--out", required=True, type=Path, help="new output directory (never overwritten)")
+    for name, value in asdict(defaults).items():
+        kind = type(value) if value is not None else int
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
+    parser.add_argument("--no-progress", action="store_true")
+    args = vars(parser.parse_args(argv))
+    out, progress = args.pop("out"), not args.pop("no_progress")
+    try:
+        summary = finetune(FinetuneConfig(**args), out, progress=progress)
+    except UserInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"held-out loss {summary['heldout_loss_before']:.4f} -> {summary['heldout_loss_after']:.4f} nats/token "
+        f"after {summary['steps']} steps ({summary['seconds_per_step']:.2f} s/step); θ1 in {Path(out) / 'model'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
