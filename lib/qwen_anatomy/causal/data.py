@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 
 from ..errors import UserInputError
+from .templates import stated_value
 
 ITEMS = ["apple", "book", "lamp", "chair", "coffee", "ticket", "shirt", "phone", "bread", "pencil"]
 CITIES = ["Paris", "Tokyo", "Cairo", "Lima", "Oslo", "Delhi", "Rome", "Quito"]
@@ -23,17 +24,7 @@ EVAL_SETS = ("basic", "qa", "extreme", "boundary")
 
 
 def _value(rng: random.Random, kind: str) -> str:
-    if kind == "extreme":
-        v = 10 ** rng.uniform(-5, 5)
-        digits = max(0, min(6, 2 - int(f"{v:e}".split("e")[1])))
-        text = f"{v:.{digits}f}"
-        return text if float(text) > 0 else "0.00001"
-    if kind == "boundary":
-        return f"{rng.uniform(0, 1):.{rng.choice([1, 2])}f}"
-    decimals = rng.choice([0, 1, 2])
-    v = rng.uniform(0.01, 99.99)
-    text = f"{v:.{decimals}f}"
-    return text if float(text) > 0 else "1"
+    return stated_value(rng, kind)  # one definition of the value ranges (templates.py)
 
 
 def _template(rng: random.Random, kind: str, template: str) -> str:

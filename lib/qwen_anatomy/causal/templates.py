@@ -139,7 +139,7 @@ class _Builder:
         return Example("".join(self.parts), self.family, self.numbers)
 
 
-def _stated(rng: random.Random, scale: str) -> str:
+def stated_value(rng: random.Random, scale: str) -> str:
     """A stated quantity's text: (0, 100) with 0-2 decimals, or the extreme / boundary ranges."""
     if scale == "extreme":
         v = 10 ** rng.uniform(-5, 5)
@@ -148,7 +148,8 @@ def _stated(rng: random.Random, scale: str) -> str:
         return text if float(text) > 0 else "0.00001"
     if scale == "boundary":
         return f"{rng.uniform(0, 1):.{rng.choice([1, 2])}f}"
-    text = f"{rng.uniform(0.01, 99.99):.{rng.choice([0, 1, 2])}f}"
+    decimals = rng.choice([0, 1, 2])
+    text = f"{rng.uniform(0.01, 99.99):.{decimals}f}"
     return text if float(text) > 0 else "1"
 
 
@@ -156,13 +157,15 @@ def _copy(rng: random.Random, scale: str, far: bool) -> Example:
     b = _Builder("copy_far" if far else "copy_near")
     names = rng.sample(NAMES, 5)
     items = rng.sample(ITEMS, 5)
-    v = _stated(rng, scale)
+    v = stated_value(rng, scale)
     if rng.random() < 0.5:
         b.say(f"{names[0]} paid ").num(v, "given").say(f" dollars for the {items[0]}.")
     else:
         b.say("For ").num(v, "given").say(f" dollars, {names[0]} bought the {items[0]}.")
     for k in range(1, rng.randint(1, 4) if far else 1):
-        b.say(f" {names[k]} paid ").num(_stated(rng, scale), "given").say(f" dollars for the {items[k]}.")
+        b.say(f" {names[k]} paid ").num(stated_value(rng, scale), "given").say(
+            f" dollars for the {items[k]}."
+        )
     if rng.random() < 0.5:
         b.say(f" How much did {names[0]} pay? ").num(v, "copy").say(" dollars.")
     else:
@@ -173,7 +176,7 @@ def _copy(rng: random.Random, scale: str, far: bool) -> Example:
 def _qa(rng: random.Random, scale: str) -> Example:
     b = _Builder("qa")
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    v = _stated(rng, scale)
+    v = stated_value(rng, scale)
     b.say(f"{name} paid ").num(v, "given").say(f" dollars for the {item}. Question: ")
     kind = rng.choice(("number", "item", "name"))
     if kind == "number":
@@ -240,7 +243,7 @@ def _noisy(rng: random.Random) -> Example:
 
 def _random(rng: random.Random, scale: str) -> Example:
     b = _Builder("random")
-    v = _stated(rng, scale)
+    v = stated_value(rng, scale)
     form = rng.randrange(4)
     if form == 0:
         return (
