@@ -447,7 +447,10 @@ class BaselineQwen(_NumericFusion):
         return {k: v for k, v in self.config.to_dict().items() if k not in self.UNUSED}
 
     def forward(self, input_ids, numerical_values=None, attention_mask=None) -> CausalOutput:
-        z = self.features(input_ids, numerical_values, attention_mask)
+        return self.heads(self.features(input_ids, numerical_values, attention_mask))
+
+    def heads(self, z: torch.Tensor) -> CausalOutput:
+        """The softmax and Normal heads on features z [B, T, H] (also used on a feature cache)."""
         logits = F.linear(z, self._with_num_row(self.lm_head.weight))
         reg = self.reg_head(z)
         return CausalOutput(

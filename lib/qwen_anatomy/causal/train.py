@@ -108,6 +108,19 @@ def train(
     towards 0 and its gradient grows like 1/scale: a global clip then shrinks every other gradient
     below Adam's epsilon, and the regression head and the new rows stop learning (chapter 50)."""
     texts = check_dataset(texts)
+    _check_schedule(steps, lr, lr_pretrained, clip)
+    stream = (on_device(b, model) for b in batches(numtok, texts, batch_size, max_length, seed))
+
+    def calibrate(first):
+        model.calibrate_threshold(first["input_ids"], first["numerical_values"], first["attention_mask"])
+
+    def forward(batch):
+        return model(batch["input_ids"], batch["numerical_values"], batch["attention_mask"])
+
+    return _fit(model, stream, forward, calibrate, steps, lr, lr_pretrained, seed, log_every, on_log, clip)
+
+
+def _check_schedule(steps, lr, lr_pretrained, clip) -> None:
     if clip not in ("per_parameter", "global"):
         raise UserInputError(f"clip={clip!r}: use 'per_parameter' or 'global'")
     if not isinstance(steps, int) or steps < 0:
@@ -115,6 +128,14 @@ def train(
     for name, value in (("lr", lr), ("lr_pretrained", lr if lr_pretrained is None else lr_pretrained)):
         if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
             raise UserInputError(f"{name}={value!r} must be a finite number > 0")
+
+
+def _fit(
+    model, stream, forward, calibrate, steps, lr, lr_pretrained, seed, log_every, on_log, clip
+) -> list[dict]:
+    """The optimisation loop shared by :func:`train` (texts) and :func:`train_on_cache` (a feature cache):
+    ``stream`` yields batches (dicts with input_ids, numerical_values, attention_mask), ``forward`` maps
+    a batch to the model's output, ``calibrate`` measures per-class thresholds on the first batch."""
     cfg = model.config
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -128,17 +149,15 @@ def train(
             }
         )
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
-    stream = batches(numtok, texts, batch_size, max_length, seed)
     log: list[dict] = []
-    first = on_device(next(stream), model)
+    first = next(stream)
     if not getattr(model, "threshold_measured", True):
-        # per-class thresholds are measured on the first training batch, before any update
-        model.calibrate_threshold(first["input_ids"], first["numerical_values"], first["attention_mask"])
+        calibrate(first)  # per-class thresholds are measured on the first training batch, before any update
     model.train()
     t0 = time.perf_counter()
     for step in range(steps + 1):
-        batch = first if step == 0 else on_device(next(stream), model)
-        out = model(batch["input_ids"], batch["numerical_values"], batch["attention_mask"])
+        batch = first if step == 0 else next(stream)
+        out = forward(batch)
         parts = gated_loss(
             out,
             batch["input_ids"],
@@ -167,6 +186,42 @@ def train(
         opt.step()
     model.eval()
     return log
+
+
+def train_on_cache(
+    model: CausalQwen | BaselineQwen,
+    cache,
+    steps: int,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    seed: int = 0,
+    log_every: int = 10,
+    on_log: Callable[[dict], None] | None = None,
+    lr_pretrained: float | None = None,
+    clip: str = "per_parameter",
+) -> list[dict]:
+    """:func:`train` on a :class:`qwen_anatomy.causal.cache.FeatureCache`: the same loss, optimiser and
+    log, with the frozen bottom of the backbone read from the cache (the heads, and the top layers
+    when the cache was built below them and :func:`cache.unfreeze_top` made them trainable)."""
+    from .cache import cached_batches, cached_features, cached_forward
+
+    if cache is None or len(cache) == 0:
+        raise UserInputError("the feature cache is empty: build it from at least one text")
+    _check_schedule(steps, lr, lr_pretrained, clip)
+    device = model.backbone.device
+
+    def stream():
+        for rows in cached_batches(cache, batch_size, seed):
+            yield {**{k: v.to(device) for k, v in cache.batch(rows).items()}, "rows": rows}
+
+    def calibrate(first):
+        z = cached_features(model, cache, first["rows"])
+        model.calibrate_threshold_on_features(z, first["attention_mask"].bool())
+
+    def forward(batch):
+        return cached_forward(model, cache, batch["rows"])
+
+    return _fit(model, stream(), forward, calibrate, steps, lr, lr_pretrained, seed, log_every, on_log, clip)
 
 
 # -- prediction --------------------------------------------------------------------------------------
