@@ -46,10 +46,18 @@ import torch
 from IPython.display import Markdown, display
 
 from qwen_anatomy.loading import REPO_ROOT
-from qwen_anatomy.tasks import report, vocab
+from qwen_anatomy.tasks import report, verdicts, vocab
 from qwen_anatomy.tasks.data import decoder_example
-from qwen_anatomy.tasks.evaluate import evaluate
-from qwen_anatomy.tasks.experiment import load_committed, seed_table
+from qwen_anatomy.tasks.evaluate import evaluate, load_generations, typical_failures
+from qwen_anatomy.tasks.experiment import (
+    PLAN_FILE,
+    expected_runs,
+    load_committed,
+    load_results,
+    read_plan,
+    seed_table,
+    superseded_runs,
+)
 from qwen_anatomy.tasks.generators import (
     TaskSpec,
     generate_task,
@@ -60,9 +68,10 @@ from qwen_anatomy.tasks.generators import (
 )
 from qwen_anatomy.tasks.plots import (
     plot_curves,
-    plot_exact_match_by_order,
+    plot_first_errors,
+    plot_length_sweep,
     plot_output_statistics,
-    plot_per_position,
+    plot_per_position_by_n,
 )
 from qwen_anatomy.tasks.train import load_config, train
 
@@ -269,94 +278,141 @@ for s in live["relu"]["samples"][:4]:
     )
 
 # %% [markdown]
-# ## Book scale: forward against inverse, with seeds
+# ## Book scale: forward against inverse, lengths and seeds
 #
-# The committed results under `data/results/tasks/` were produced on this project's shared CPU by one
-# command (resumable; each run writes its curves, evaluation and run record):
+# The question of this part needs several lengths: does reversing the chain hurt more as the chain
+# grows? The length sweep trains ReLU and Square at $n = 10, 20, 30$ and Index ($m = 2$) at
+# $n = 13, 31$, both orders, three seeds each, and the original's BART beside the book's Qwen2 on
+# ReLU. One plan file, `configs/sweeps/length.yaml`, names every config, length and budget, and one
+# command runs it (resumable; each run writes its curves, evaluation, every test generation and a
+# run record under `data/results/tasks/<config>/n<length>/seed<seed>/`):
 #
 # ```
-# qwen-anatomy tasks sweep --configs configs/relu.yaml configs/relu_inverse.yaml \
-#     configs/square.yaml configs/square_inverse.yaml configs/index.yaml configs/index_inverse.yaml \
-#     --seeds 0 1 2 --out-root data/results/tasks
+# qwen-anatomy tasks sweep --plan configs/sweeps/length.yaml
 # ```
 #
-# Forward and inverse configs of a task share the architecture, data, optimiser and budget; only
-# the order of the target differs. Every config stops at a fixed number of optimiser steps (the
-# runs table below lists them), never at a wall-clock budget: on a shared machine a time budget
-# buys a different number of steps for each run, and the comparison of orders would measure the
-# machine's load. The target of this part (ReLU $n=10$ forward at exact match 0.95 or more within
-# 15 minutes of training) is checked on the measured training time instead, below. The runs table
-# lists the steps and seconds of each run. The chapter reads these files in every build; if they are
-# missing it stops here with the command above.
+# Forward and inverse runs of one task and length share the architecture, data, optimiser and step
+# budget; only the order of the target differs, and the sweep refuses a pair that differs in
+# anything else. Budgets are optimiser steps, never wall-clock time: on a shared machine a time
+# budget buys each run a different number of steps. Until the sweep has run, the chapter reads the
+# first build (one length per task, `data/results/tasks/<config>/seed<seed>/`); the sentences below
+# say which runs are shown and which the plan still misses. The chapter reads these files in every
+# build; if there are none it stops here with the command above.
 
 # %% tags=["hide-input"]
-results, curves = load_committed(results_root)
+results, curves = load_committed(results_root)  # the book's model, Qwen2
+every_run = load_results(results_root, model_type=None)  # Qwen2 and BART
+planned = expected_runs(read_plan(REPO_ROOT / PLAN_FILE))
+display(Markdown(report.layout_sentence(results, superseded_runs(results_root))))
 display(Markdown(report.sweep_sentence(results)))
-table = seed_table(results)
-display(table.round(3))
+display(Markdown(report.coverage_sentence(every_run, planned)))
 runs_table = results[
-    [
-        "config",
-        "seed",
-        "planned_steps",
-        "steps",
-        "train_seconds",
-        "stopped_by_time_budget",
-        "exact_match",
-        "token_accuracy",
-    ]
+    ["config", "n", "seed", "planned_steps", "steps", "train_seconds", "exact_match", "token_accuracy"]
 ]
-display(runs_table.sort_values(["config", "seed"]).reset_index(drop=True))
-
-# %%
-fig = plot_exact_match_by_order(table)
+display(runs_table.sort_values(["config", "n", "seed"]).reset_index(drop=True))
 
 # %% [markdown]
-# Bars are the mean exact match over seeds; the whiskers span the lowest to the highest seed.
+# Exact match against the length, for each task. Look at the distance between the solid (forward)
+# and dashed (inverse) lines and whether it widens to the right. The error bars are 95% intervals
+# over seeds (a t-interval, wide with three seeds); the faint dots are the seeds themselves.
 
 # %%
-fig = plot_per_position(results)
+fig = plot_length_sweep(results)
 
 # %% [markdown]
-# Per-position accuracy, in the order the model writes. A forward error at position $i$ usually
-# propagates (every later state depends on it); in the inverse order, position 0 is the last state
-# of the chain, which depends on every input at once.
+# Where in the chain the errors start: per-position accuracy in the order the model writes, one line
+# per length (darker is longer). A forward error at position $i$ usually propagates, since every
+# later state depends on it; in the inverse order, position 0 is the last state of the chain, which
+# depends on every input at once.
 
 # %%
-fig = plot_curves(
-    {f"{cfg} seed {seed}": c for (cfg, seed), c in curves.items() if cfg.startswith("relu")},
-    "book scale: ReLU n=10",
-)
+fig = plot_per_position_by_n(results)
+
+# %%
+fig = plot_curves(report.select_curves(curves, "relu"), "book scale: ReLU, longest length trained")
 
 # %% [markdown]
-# Training curves of the ReLU runs. The loss is teacher-forced (the model sees the true previous
-# states); the exact match is generated. The two can disagree: compare orders by exact match.
-# Was each run still improving when its budget ran out? The last two exact-match checks say:
+# Training curves of the ReLU runs at the longest length trained. The loss is teacher-forced (the
+# model sees the true previous states); the exact match is generated. The two can disagree: compare
+# orders by exact match. Did each curve settle before its budget ran out? The verdicts below read the
+# last checks of every curve, over seeds, by stated rules:
+
+# %% tags=["remove-input"]
+display(Markdown(verdicts.rule_sentence()))
 
 # %% tags=["hide-input"]
-trend = report.curve_trends(curves)
-display(trend)
-display(Markdown(report.rising_sentence(trend)))
+verdict_table = verdicts.verdict_table(results, curves)
+display(verdict_table)
 
 # %% [markdown]
 # ## What the numbers say
 #
-# Each task in one line: both orders' mean exact match and range over seeds, and the verdict
-# (`qwen_anatomy.tasks.report`, which names its thresholds: a gap of at most 0.1 is "about equally
-# hard", a seed is won "clearly" by more than 0.05).
+# Each task and length in one line: both orders' verdicts (learned, and whether the curve settled),
+# then whether the inverse order is harder, and last whether the gap changes with the length
+# (`qwen_anatomy.tasks.verdicts`; its tests cover every branch).
 
 # %% tags=["remove-input"]
-display(Markdown(report.summarise(table, results)))
+display(Markdown(verdicts.length_sentences(results, curves)))
 same_steps = report.equal_step_comparison(curves)
-if not same_steps.empty:
-    display(same_steps)
 display(Markdown(report.equal_step_sentence(same_steps)))
-target = report.target_sentence(results, curves)
+target = report.target_sentence(results[results["n"] == 10], curves)
 if target is not None:
     display(Markdown(target))
-seed_note = report.seed_count_note(table)
+seed_note = report.seed_count_note(seed_table(results))
 if seed_note is not None:
     display(Markdown(seed_note))
+
+# %% [markdown]
+# ## The original's architecture
+#
+# The seminar this part starts from trained BART, an encoder-decoder, with its own shape and
+# optimiser (`configs/bart_relu.yaml`: $d_\text{model} = 512$, one encoder and one decoder layer,
+# one head, AdamW at $10^{-4}$). The sweep trains it on ReLU at the same step budget, batch and data
+# as the Qwen2 runs it is compared with. Does the decoder-only finding hold for the original
+# architecture? The table puts the two side by side, length by length; a cell without runs says so.
+
+# %% tags=["hide-input"]
+bart_lengths = sorted(set(planned.loc[planned["config"].str.startswith("bart_relu"), "n"]))
+display(report.model_comparison(every_run, "relu", bart_lengths))
+bart_planned = planned[planned["config"].str.startswith("bart_")]
+display(Markdown(report.coverage_sentence(every_run[every_run["model_type"] == "bart"], bart_planned)))
+
+# %% [markdown]
+# The same comparison as a figure: ReLU exact match against the length, Qwen2 (circles) beside BART
+# (squares), forward solid and inverse dashed. Look at whether the two architectures' dashed lines
+# fall the same way.
+
+# %%
+fig = plot_length_sweep(every_run[every_run["task"] == "relu"], models=["qwen2", "bart"])
+
+# %% tags=["remove-input"]
+display(Markdown(report.architecture_sentence(every_run, "relu", bart_lengths)))
+
+# %% [markdown]
+# ## Where the inverse order fails
+#
+# Every run keeps all its test generations with the correctness of each output position
+# (`generations.jsonl.gz` beside `evaluation.json`). The failures of one inverse-order run, grouped
+# by the position of their first error:
+
+# %% tags=["hide-input"]
+failure_folder, failure_label = report.failure_source(
+    results,
+    "relu",
+    workdir / "live" / "relu_inverse",
+    f"the live ReLU $n=10$ inverse run ({live_steps} steps)",
+)
+failures = typical_failures(load_generations(failure_folder), k=4)
+display(Markdown(report.failure_sentence(failures, "inverse", failure_label)))
+display(report.failure_table(failures["examples"]))
+
+# %%
+fig = plot_first_errors(failures, "first errors, inverse order")
+
+# %% [markdown]
+# Each bar counts the wrong generations whose first wrong output sits at that position, in the order
+# the model writes. A tall bar at position 0 means the model already fails on the first token it
+# writes, the chain's last state, which needs the whole running sum at once.
 
 # %% [markdown]
 # ## The shipped checkpoints

@@ -148,6 +148,36 @@ def test_evaluate_cli_rescores(tiny_run, capsys):
     assert again["per_position_accuracy"] == result["per_position_accuracy"]
 
 
+def test_training_keeps_every_generation_and_evaluate_can_save_them(tiny_run, capsys):
+    from clicheck import one_line_error
+    from qwen_anatomy.cli import main
+    from qwen_anatomy.tasks.evaluate import load_generations
+
+    root, result = tiny_run
+    rows = load_generations(root / "ckpt")  # written by train() beside evaluation.json
+    assert len(rows) == result["num_examples"] == 40
+    assert [r["prediction"] for r in rows[:3]] == [s["prediction"] for s in result["samples"]]
+    assert sum(r["exact"] for r in rows) / 40 == result["exact_match"]
+    data = root / "data" / "relu" / "n=5" / "data.test"
+    out = root / "again.jsonl.gz"
+    argv = [
+        "evaluate",
+        str(root / "ckpt"),
+        "--data",
+        str(data),
+        "--max-examples",
+        "40",
+        "--save-generations",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert load_generations(out) == rows
+    capsys.readouterr()
+    one_line_error(capsys, argv, "already exists")  # never overwritten
+    with pytest.raises(FileNotFoundError, match="kept no generations"):
+        load_generations(root / "missing-run")
+
+
 def test_fine_tune_from_checkpoint_on_inverse(tiny_run):
     root, _ = tiny_run
     config = load_config(

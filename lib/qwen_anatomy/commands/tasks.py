@@ -185,6 +185,12 @@ def _add_evaluate(sub, name: str) -> None:
     p.add_argument("--max-examples", type=positive_int, help="score only the first K lines")
     p.add_argument("--show", type=non_negative_int, default=5, help="sample generations to print")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument(
+        "--save-generations",
+        metavar="FILE",
+        help="also write every generation with its per-position correctness (gzip JSON lines, e.g. "
+        "generations.jsonl.gz); never overwrites",
+    )
     add_device_flags(p)
     add_pickle_flag(p)
     p.set_defaults(func=_evaluate)
@@ -203,6 +209,7 @@ def _evaluate(args) -> int:
         allow_pickle=args.allow_pickle_weights_only,
         device=args.device,
         dtype=args.dtype,
+        generations_file=args.save_generations,
     )
     if args.json:
         json.dump(result, sys.stdout, indent=2)
@@ -220,36 +227,119 @@ def _evaluate(args) -> int:
 def _add_sweep(sub) -> None:
     p = sub.add_parser(
         "sweep",
-        help="train every config x seed (book-scale results; resumable) and write a summary table",
+        help="train every config x length x seed (book-scale results; resumable) and write a summary table",
         description=(
-            "Train each config with each seed into OUT_ROOT/<config>/seed<k>/ (skipping runs that "
-            "already succeeded), keep curves, evaluation and run records, drop the weights unless "
-            "--keep-checkpoints, and write OUT_ROOT/summary.json."
+            "Train each config with each seed into OUT_ROOT/<config>/seed<k>/, or with --n (or a --plan "
+            "group's n) into OUT_ROOT/<config>/n<length>/seed<k>/, skipping runs that already "
+            "succeeded; keep curves, evaluation, every generation and run records, drop the weights "
+            "unless --keep-checkpoints, and write OUT_ROOT/summary.json. Forward and inverse configs "
+            "(<name> and <name>_inverse) of one length must agree in everything but the order."
         ),
     )
-    p.add_argument("--configs", nargs="+", required=True)
-    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out-root", default="data/results/tasks")
+    p.add_argument(
+        "--configs", nargs="+", help="YAML configs, e.g. configs/relu.yaml configs/relu_inverse.yaml"
+    )
+    p.add_argument(
+        "--n",
+        type=positive_int,
+        nargs="+",
+        metavar="N",
+        help="sequence lengths, each trained with every config",
+    )
+    p.add_argument(
+        "--plan",
+        help="a sweep plan (YAML: groups of configs with their lengths and overrides), e.g. "
+        "configs/sweeps/length.yaml; instead of --configs/--n",
+    )
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", help="default: the plan's, else 0 1 2")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    p.add_argument("--out-root", help="default: the plan's, else data/results/tasks")
+    p.add_argument(
+        "--group",
+        type=positive_int,
+        nargs="+",
+        metavar="K",
+        help="train only these groups of the --plan (1-based; the whole plan is still checked): two "
+        "processes on two cores can share a plan, e.g. --group 1 2 3 4 and --group 5",
+    )
     p.add_argument("--keep-checkpoints", action="store_true")
+    p.add_argument("--show-plan", action="store_true", help="list the runs (to train or done) and stop")
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="time a few steps of each model at its shortest and longest length, print the projected "
+        "cost of every run still to train, and stop (nothing is written under OUT_ROOT)",
+    )
+    p.add_argument(
+        "--estimate-steps", type=positive_int, default=50, help="steps timed per model (default 50)"
+    )
     p.set_defaults(func=_sweep)
 
 
-def _sweep(args) -> int:
-    from ..tasks.experiment import run
+def sweep_config(args) -> dict:
+    """The ``config`` of :func:`qwen_anatomy.tasks.experiment.run` from the sweep's flags."""
+    from ..tasks.experiment import DEFAULT_SEEDS, read_plan
 
-    summary = run(
-        {
-            "configs": args.configs,
-            "seeds": args.seeds,
-            "overrides": args.set,
-            "out_root": args.out_root,
-            "keep_checkpoints": args.keep_checkpoints,
-        }
-    )
+    if args.plan is not None:
+        if args.configs or args.n:
+            raise UserInputError("--plan names its configs and lengths: leave out --configs and --n")
+        config = read_plan(args.plan)
+    elif not args.configs:
+        raise UserInputError(
+            "give --configs (with --n for lengths) or --plan, e.g. --plan configs/sweeps/length.yaml"
+        )
+    else:
+        config = {"configs": args.configs, "lengths": list(dict.fromkeys(args.n)) if args.n else None}
+    config["seeds"] = args.seeds or config.get("seeds") or list(DEFAULT_SEEDS)
+    config["out_root"] = args.out_root or config.get("out_root") or "data/results/tasks"
+    config["overrides"] = args.set
+    config["keep_checkpoints"] = args.keep_checkpoints
+    if args.group:
+        if args.plan is None:
+            raise UserInputError("--group selects groups of a --plan; give --plan too")
+        config["only_groups"] = args.group
+    return config
+
+
+def _sweep(args) -> int:
+    from ..tasks.experiment import plan, run
+
+    config = sweep_config(args)
+    if args.show_plan or args.estimate:
+        entries = [e for e in plan(config) if e["selected"]]
+        if args.estimate:
+            return _estimate(entries, args.estimate_steps)
+        for e in entries:
+            t = e["run_config"]["training"]
+            budget = f"{t['max_steps']} steps" if t["max_steps"] else f"{t['epochs']} epochs"
+            print(f"{'done ' if e['reuse'] else 'train'} {e['folder']}  ({budget})")
+        print(f"{sum(not e['reuse'] for e in entries)} of {len(entries)} runs to train")
+        return 0
+    summary = run(config)
     for row in summary["runs"]:
         print(
-            f"{row['config']:<22} seed {row['seed']}: exact match {row['exact_match']:.3f} "
+            f"{row['config']:<22} n={str(row['n']):<3} seed {row['seed']}: exact match {row['exact_match']:.3f} "
             f"({row['steps']} steps, {row['train_seconds']:.0f} s)"
         )
+    return 0
+
+
+def _estimate(entries, steps: int) -> int:
+    from ..tasks.cost import estimate
+
+    measured, projection = estimate(entries, steps)
+    for m in measured:
+        print(
+            f"{m['model']}, {m['task']} n={m['n']}: {m['seconds_per_step']:.3f} s/step (median of "
+            f"{m['steps_timed']}), check {1000 * m['check_seconds_per_sample']:.2f} ms/sample, final "
+            f"evaluation {1000 * m['eval_seconds_per_sample']:.2f} ms/sample, overhead {m['overhead_seconds']:.0f} s"
+        )
+    todo = projection[~projection["done"]]
+    by_config = todo.groupby(["config", "n"])["projected seconds"].agg(["count", "sum"])
+    for (config, n), row in by_config.iterrows():
+        print(f"{config:<22} n={n:<3} {int(row['count'])} run(s): {row['sum'] / 3600:.2f} h")
+    total = todo["projected seconds"].sum()
+    print(
+        f"{len(todo)} runs to train, projected {total / 3600:.1f} h on one thread ({len(projection) - len(todo)} done)"
+    )
     return 0

@@ -81,13 +81,9 @@ def _greedy_bart(model, xs: list[Sequence[int]], steps: int) -> list[list[int]]:
     return dec[:, 1:].tolist()
 
 
-def score(
-    predictions: Sequence[Sequence[int]],
-    xs: Sequence[Sequence[int]],
-    ys: Sequence[Sequence[int]],
-    show: int = 5,
-) -> dict:
-    """Exact match, per-position accuracy [n] and a few sample generations (decoded integers)."""
+def _prediction_matrix(predictions: Sequence[Sequence[int]], ys: Sequence[Sequence[int]]):
+    """(target ids [N, n + 1], predicted ids [N, n + 1], n): ``y <eos>`` against the first n + 1
+    generated ids (a shorter generation is padded with ``<pad>``, which is never right)."""
     import numpy as np
 
     n = len(ys[0])
@@ -98,6 +94,21 @@ def score(
     for i, row in enumerate(predictions):
         row = list(row)[: n + 1]
         pred[i, : len(row)] = row
+    return target, pred, n
+
+
+def _decoded(ids) -> list:
+    return [id_to_int(int(t)) if id_to_int(int(t)) is not None else _special(int(t)) for t in ids]
+
+
+def score(
+    predictions: Sequence[Sequence[int]],
+    xs: Sequence[Sequence[int]],
+    ys: Sequence[Sequence[int]],
+    show: int = 5,
+) -> dict:
+    """Exact match, per-position accuracy [n] and a few sample generations (decoded integers)."""
+    target, pred, n = _prediction_matrix(predictions, ys)
     correct = pred == target
     samples = []
     for i in range(min(show, len(xs))):
@@ -105,9 +116,7 @@ def score(
             {
                 "input": list(map(int, xs[i])),
                 "target": list(map(int, ys[i])),
-                "prediction": [
-                    id_to_int(int(t)) if id_to_int(int(t)) is not None else _special(int(t)) for t in pred[i]
-                ],
+                "prediction": _decoded(pred[i]),
                 "exact": bool(correct[i].all()),
             }
         )
@@ -119,6 +128,115 @@ def score(
         "token_accuracy": float(correct[:, :n].mean()),
         "eos_accuracy": float(correct[:, n].mean()),
         "samples": samples,
+    }
+
+
+# -- every generation, kept -------------------------------------------------------------------------
+GENERATIONS_FILE = "generations.jsonl.gz"
+
+
+def generation_rows(
+    predictions: Sequence[Sequence[int]], xs: Sequence[Sequence[int]], ys: Sequence[Sequence[int]]
+) -> list[dict]:
+    """One row per test sample: ``i``, ``input``, ``target`` (as written, in the file's order),
+    ``prediction`` (n integers, then ``"<eos>"`` or whatever the model wrote there), ``correct``
+    (0/1 per output position, n entries), ``eos`` (the token after them was ``<eos>``) and ``exact``."""
+    target, pred, n = _prediction_matrix(predictions, ys)
+    correct = pred == target
+    return [
+        {
+            "i": i,
+            "input": list(map(int, xs[i])),
+            "target": list(map(int, ys[i])),
+            "prediction": _decoded(pred[i]),
+            "correct": correct[i, :n].astype(int).tolist(),
+            "eos": bool(correct[i, n]),
+            "exact": bool(correct[i].all()),
+        }
+        for i in range(len(xs))
+    ]
+
+
+def write_generations(path: str | Path, rows: Sequence[dict]) -> Path:
+    """Write ``rows`` as gzip-compressed JSON lines, atomically; the gzip header carries no time, so
+    the same generations give the same bytes."""
+    import gzip
+    import json
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
+    data = gzip.compress(text.encode(), compresslevel=9, mtime=0)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_generations(path: str | Path) -> list[dict]:
+    """The rows of a ``generations.jsonl.gz`` (see :func:`generation_rows`); a run folder is accepted
+    too. FileNotFoundError names the file when it is missing (runs made before it was kept)."""
+    import gzip
+    import json
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / GENERATIONS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: this run kept no generations (older runs kept 8 samples)"
+        )
+    with gzip.open(path, "rt") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def first_error(row: dict) -> int | None:
+    """The first wrong output position of a generation row; n when only the end token is wrong;
+    None for an exact match."""
+    if row["exact"]:
+        return None
+    wrong = [j for j, ok in enumerate(row["correct"]) if not ok]
+    return wrong[0] if wrong else len(row["correct"])
+
+
+def typical_failures(rows: Sequence[dict], k: int = 3) -> dict:
+    """The most common first-error position among the wrong generations, and ``k`` of its examples.
+
+    Returns ``{"total", "failures", "first_error_counts" ({position: count}, position n = only the
+    end token wrong), "position" (the most common; the earliest on a tie; None when nothing
+    failed), "share" (of the failures), "examples" (the first ``k`` rows failing there first, in
+    file order)}``.
+    """
+    from collections import Counter
+
+    firsts = [(first_error(r), r) for r in rows]
+    failed = [(p, r) for p, r in firsts if p is not None]
+    counts = Counter(p for p, _ in failed)
+    if not counts:
+        return {
+            "total": len(rows),
+            "failures": 0,
+            "first_error_counts": {},
+            "position": None,
+            "share": 0.0,
+            "examples": [],
+        }
+    top = max(counts.values())
+    position = min(p for p, c in counts.items() if c == top)
+    return {
+        "total": len(rows),
+        "failures": len(failed),
+        "first_error_counts": dict(sorted(counts.items())),
+        "position": position,
+        "share": top / len(failed),
+        "examples": [r for p, r in failed if p == position][:k],
     }
 
 
@@ -187,6 +305,7 @@ def evaluate(
     allow_pickle: bool = False,
     device="cpu",
     dtype="float32",
+    generations_file: str | Path | None = None,
 ) -> dict:
     """Re-score a checkpoint on a task file: exact match, per-position accuracy, sample generations.
 
@@ -194,7 +313,9 @@ def evaluate(
     ``data_file``: a file written by ``qwen-anatomy tasks generate``; the first ``max_examples``
     lines are used when given. ``allow_pickle``: read pickle-only checkpoints with
     ``torch.load(weights_only=True)`` (refused otherwise). ``device``, ``dtype``: where and in what
-    precision the model runs (checked first).
+    precision the model runs (checked first). ``generations_file``: also write every generation with
+    its per-position correctness there (gzip JSON lines, :func:`write_generations`); checked before
+    the model runs, never overwriting a file.
     """
     import torch
 
@@ -211,9 +332,16 @@ def evaluate(
     check_range(ys, str(data_file))
     max_id = max(encode_ints([max(max(r) for r in xs + ys)]) + [SEP_ID, EOS_ID])
     check_task_checkpoint(checkpoint, allow_pickle, max_id)  # before the model is loaded
+    if generations_file is not None:
+        from ..iochecks import check_output_file
+
+        check_output_file(generations_file, "generations file")
     model = load_task_model(checkpoint, allow_pickle, device, dtype)
     with torch.inference_mode():
         predictions = greedy_outputs(model, xs, batch_size)
     result = score(predictions, xs, ys, show)
     result.update({"checkpoint": str(checkpoint), "data_file": str(data_file)})
+    if generations_file is not None:
+        write_generations(generations_file, generation_rows(predictions, xs, ys))
+        result["generations_file"] = Path(generations_file).name
     return result

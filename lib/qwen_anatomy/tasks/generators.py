@@ -268,9 +268,9 @@ def write_samples(path: Path, lines: Iterator[str], total: int, progress: bool) 
     try:
         with os.fdopen(fd, "w", newline="\n") as fh:
             if progress and total >= 20_000:
-                from tqdm.auto import tqdm
+                from ..progress import progress_bar
 
-                lines = tqdm(lines, total=total, desc=str(path), unit="samples", leave=False)
+                lines = progress_bar(lines, total=total, desc=str(path), unit="samples", leave=False)
             fh.writelines(lines)
         os.replace(tmp, path)
     except BaseException:

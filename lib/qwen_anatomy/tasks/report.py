@@ -6,7 +6,9 @@ that the wording (who is ahead, by how much, on how many seeds) follows the numb
 
 Inputs are the frames of :mod:`qwen_anatomy.tasks.experiment`: ``results`` (one row per config x
 seed, from ``load_results``), ``table`` (``seed_table(results)``: task, n, order, seeds, mean, std,
-min, max of exact match) and ``curves`` (``load_curves``: ``{(config, seed): curves.json}``).
+min, max of exact match) and ``curves`` (``load_curves``: ``{(config, n, seed): curves.json}``; the
+functions also accept the older ``(config, seed)`` keys). The verdicts "learned", "plateaued",
+"still rising" and "harder" of the length sweep live in :mod:`qwen_anatomy.tasks.verdicts`.
 """
 
 from __future__ import annotations
@@ -93,20 +95,28 @@ def summarise(table: pd.DataFrame, results: pd.DataFrame) -> str:
 def equal_step_comparison(curves: dict) -> pd.DataFrame:
     """Forward against inverse at the largest step both runs of a seed were checked at.
 
-    One row per (forward config, seed) whose ``<config>_inverse`` run exists: task, seed, step,
-    forward and inverse exact match (on the test subset checked during training).
+    ``curves`` keyed by (config, n, seed) (:func:`qwen_anatomy.tasks.experiment.load_curves`) or by
+    (config, seed). One row per forward run whose ``<config>_inverse`` run of the same length and seed
+    exists: task, (n,) seed, step, forward and inverse exact match (on the test subset checked
+    during training).
     """
     rows = []
-    for (cfg, seed), c in curves.items():
-        if cfg.endswith("_inverse") or (cfg + "_inverse", seed) not in curves:
+    for key, c in curves.items():
+        cfg, rest = key[0], tuple(key[1:])
+        partner = (cfg + "_inverse", *rest)
+        if cfg.endswith("_inverse") or partner not in curves:
             continue
         fwd = {r["step"]: r["exact_match"] for r in c["exact_match"]}
-        inv = {r["step"]: r["exact_match"] for r in curves[(cfg + "_inverse", seed)]["exact_match"]}
+        inv = {r["step"]: r["exact_match"] for r in curves[partner]["exact_match"]}
         common = sorted(set(fwd) & set(inv))
         if common:
             step = common[-1]
-            rows.append({"task": cfg, "seed": seed, "step": step, "forward": fwd[step], "inverse": inv[step]})
-    return pd.DataFrame(rows, columns=["task", "seed", "step", "forward", "inverse"])
+            row = {"task": cfg, **({"n": rest[0]} if len(rest) == 2 else {}), "seed": rest[-1]}
+            rows.append({**row, "step": step, "forward": fwd[step], "inverse": inv[step]})
+    return pd.DataFrame(
+        rows,
+        columns=["task", *(["n"] if rows and "n" in rows[0] else []), "seed", "step", "forward", "inverse"],
+    )
 
 
 def equal_step_sentence(same_steps: pd.DataFrame) -> str:
@@ -146,9 +156,11 @@ def overlap_sentence(overlap_total: int, train_samples: int) -> str:
 
 
 def curve_trends(curves: dict, rise: float = 0.01) -> pd.DataFrame:
-    """The last two exact-match checks of every run, and whether the curve was still rising (> ``rise``)."""
+    """The last two exact-match checks of every run, and whether the curve was still rising (> ``rise``).
+
+    ``curves`` keyed by (config, n, seed) or (config, seed)."""
     rows = []
-    for (cfg, seed), c in sorted(curves.items()):
+    for key, c in sorted(curves.items()):
         em = c["exact_match"]
         if not em:
             continue
@@ -156,8 +168,9 @@ def curve_trends(curves: dict, rise: float = 0.01) -> pd.DataFrame:
         change = last["exact_match"] - before["exact_match"]
         rows.append(
             {
-                "config": cfg,
-                "seed": seed,
+                "config": key[0],
+                **({"n": key[1]} if len(key) == 3 else {}),
+                "seed": key[-1],
                 "step": last["step"],
                 "exact match": last["exact_match"],
                 "previous check (step)": before["step"],
@@ -191,8 +204,9 @@ def target_sentence(
     reached = bool(em.notna().all() and em.min() >= target)
     within = bool(fwd["train_seconds"].max() <= minutes * 60)
     first = []
-    for cfg, seed in zip(fwd["config"], fwd["seed"], strict=True):
-        hits = [r for r in curves.get((cfg, seed), {}).get("exact_match", []) if r["exact_match"] >= target]
+    for cfg, n, seed in zip(fwd["config"], fwd["n"], fwd["seed"], strict=True):
+        run = curves.get((cfg, int(n), int(seed)), curves.get((cfg, seed), {}))  # keys with or without n
+        hits = [r for r in run.get("exact_match", []) if r["exact_match"] >= target]
         if hits:
             first.append(hits[0])
     text = (
@@ -250,3 +264,203 @@ def config_sentence(cfg: dict, name: str) -> str:
         f"{t['batch_size']}, learning rate {t['learning_rate']:g}, gradient clipping at {t['max_grad_norm']:g}, "
         f"{budget}; exact match checked on {t['eval_subset']} test samples every {t['eval_every']} steps."
     )
+
+
+# -- the length sweep, the original's architecture and the failures (issue 16) -----------------------
+MODEL_NAMES = {"qwen2": "Qwen2", "bart": "BART"}
+
+
+def coverage_sentence(results: pd.DataFrame, expected: pd.DataFrame) -> str:
+    """How much of the planned sweep is in ``results``, naming what is missing (config, n, seeds).
+
+    ``expected``: :func:`qwen_anatomy.tasks.experiment.expected_runs` (columns config, n, seed).
+    """
+    have = set(zip(results["config"], results["n"].astype(int), results["seed"].astype(int), strict=True))
+    missing: dict[tuple[str, int], list[int]] = {}
+    for config, n, seed in zip(expected["config"], expected["n"], expected["seed"], strict=True):
+        if (config, int(n), int(seed)) not in have:
+            missing.setdefault((config, int(n)), []).append(int(seed))
+    total = len(expected)
+    done = total - sum(len(s) for s in missing.values())
+    text = f"Of the {total} runs the sweep plan names, {done} have finished results here."
+    if missing:
+        text += " Missing: " + "; ".join(
+            f"`{c}` n={n} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))})"
+            for (c, n), s in sorted(missing.items())
+        )
+        text += "."
+    return text
+
+
+def model_comparison(results: pd.DataFrame, task: str = "relu", lengths=None) -> pd.DataFrame:
+    """Qwen2 beside BART on one task: one row per length and order with each model's mean exact match
+    and 95% interval over seeds, and the comparison (:func:`qwen_anatomy.tasks.verdicts.compare`).
+
+    ``results``: both model types (``load_results(..., model_type=None)``). ``lengths``: the lengths
+    to show (default: every length with a BART run, else every length of the task); a model without
+    runs there says "no run".
+    """
+    from .verdicts import compare, seed_interval
+
+    sel = results[results["task"] == task]
+    if "model_type" not in sel:
+        sel = sel.assign(model_type="qwen2")
+    if lengths is None:
+        bart = sel.loc[sel["model_type"] == "bart", "n"]
+        lengths = sorted(set(bart if len(bart) else sel["n"]))
+    rows = []
+    words = {
+        "a higher": "Qwen2 higher",
+        "b higher": "BART higher",
+        "no difference shown": "no difference shown",
+        "too few seeds": "too few seeds",
+        "missing": "missing runs",
+    }
+    for n in lengths:
+        for order in ("forward", "inverse"):
+            arms = {
+                m: sel.loc[
+                    (sel["model_type"] == m) & (sel["n"] == n) & (sel["order"] == order), "exact_match"
+                ]
+                for m in ("qwen2", "bart")
+            }
+            v = compare(arms["qwen2"], arms["bart"], ("Qwen2", "BART"))
+            row = {"n": int(n), "order": order}
+            for m, values in arms.items():
+                ci = seed_interval(values)
+                row[MODEL_NAMES[m]] = ci.text() if ci.count else "no run"
+            row["comparison"] = words[v.kind]
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["n", "order", "Qwen2", "BART", "comparison"])
+
+
+def architecture_sentence(results: pd.DataFrame, task: str = "relu", lengths=None) -> str:
+    """Markdown: at each length, the harder verdict of each model type, and whether the order effect
+    seen with Qwen2 is also seen with BART (the original's architecture)."""
+    from .verdicts import harder
+
+    sel = results[results["task"] == task]
+    if "model_type" not in sel:
+        sel = sel.assign(model_type="qwen2")
+    if lengths is None:
+        bart = sel.loc[sel["model_type"] == "bart", "n"]
+        lengths = sorted(set(bart if len(bart) else sel["n"]))
+    lines = []
+    for n in lengths:
+        verdicts = {}
+        for m in ("qwen2", "bart"):
+            runs = sel[(sel["model_type"] == m) & (sel["n"] == n)]
+            verdicts[m] = harder(
+                runs.loc[runs["order"] == "forward", "exact_match"],
+                runs.loc[runs["order"] == "inverse", "exact_match"],
+            )
+        q, b = verdicts["qwen2"], verdicts["bart"]
+        if "missing" in (q.kind, b.kind) or "too few seeds" in (q.kind, b.kind):
+            agree = "the two architectures cannot be compared yet"
+        elif q.kind == b.kind:
+            agree = "both architectures give the same verdict"
+        else:
+            agree = "the architectures disagree"
+        lines.append(f"* $n={n}$: Qwen2: {q.sentence}. BART: {b.sentence}. So {agree}.")
+    return "\n".join(lines)
+
+
+def pick_failure_run(results: pd.DataFrame, task: str, order: str = "inverse"):
+    """The run whose generations the chapter shows: of ``task`` in ``order`` with a kept
+    ``generations.jsonl.gz``, the longest length, then the lowest seed; None when no run kept them."""
+    from pathlib import Path
+
+    from .evaluate import GENERATIONS_FILE
+
+    sel = results[(results["task"] == task) & (results["order"] == order)]
+    if "folder" not in sel:
+        return None
+    sel = sel[[(Path(f) / GENERATIONS_FILE).is_file() for f in sel["folder"]]]
+    if sel.empty:
+        return None
+    return sel.sort_values(["n", "seed"], ascending=[False, True]).iloc[0]
+
+
+def failure_sentence(summary: dict, order: str, where: str) -> str:
+    """What :func:`qwen_anatomy.tasks.evaluate.typical_failures` found, in words; ``where`` names the
+    run (e.g. "ReLU n=30, inverse order, seed 0")."""
+    total, failures = summary["total"], summary["failures"]
+    if not failures:
+        return f"All {total:,} test generations of {where} are exact: no failure to show."
+    p = summary["position"]
+    n = len(summary["examples"][0]["correct"])
+    if p == n:
+        at = "only the end token is wrong (all n outputs right)"
+    elif order == "inverse":
+        at = f"output position {p}, which in the inverse order is the chain's state $y_{{{n - 1 - p}}}$"
+    else:
+        at = f"output position {p} (the chain's state $y_{{{p}}}$)"
+    return (
+        f"Of the {total:,} test generations of {where}, {failures:,} are wrong. The most common first "
+        f"error is at {at}: {summary['share']:.0%} of the wrong generations go wrong there first. "
+        f"Below, the first {len(summary['examples'])} of them, wrong outputs in brackets."
+    )
+
+
+def failure_table(examples: list[dict]) -> pd.DataFrame:
+    """Input, target and generated chain of each example, wrong outputs in [brackets], and the first
+    wrong position."""
+    from .evaluate import first_error
+
+    rows = []
+    for r in examples:
+        shown = [
+            str(v) if ok else f"[{v}]"
+            for v, ok in zip(r["prediction"][: len(r["correct"])], r["correct"], strict=True)
+        ]
+        rows.append(
+            {
+                "input x": " ".join(map(str, r["input"])),
+                "target": " ".join(map(str, r["target"])),
+                "generated": " ".join(shown) + ("" if r["eos"] else f" [{r['prediction'][-1]}]"),
+                "first error at": first_error(r),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def layout_sentence(results: pd.DataFrame, superseded: list) -> str:
+    """Which build the chapter's runs come from: the length sweep (``<config>/n<k>/seed<s>/``), the
+    first build (``<config>/seed<k>/``, one length per task), or both."""
+    by_n = int((results["layout"] == "by n").sum()) if "layout" in results else 0
+    flat = len(results) - by_n
+    if not by_n:
+        return (
+            f"All {flat} runs shown come from the first build (one length per task); the length sweep "
+            "has not run yet, so every length figure below has one point per task."
+        )
+    text = f"{by_n} runs come from the length sweep"
+    if flat:
+        configs = ", ".join(f"`{c}`" for c in sorted(set(results.loc[results["layout"] == "flat", "config"])))
+        text += f" and {flat} from the first build, for configs the sweep has not reached yet ({configs})"
+    text += "."
+    if superseded:
+        text += f" {len(superseded)} first-build runs of configs the sweep has reached are left out."
+    return text
+
+
+def select_curves(curves: dict, task: str, n: int | None = None) -> dict:
+    """``{label: curves}`` of one task's runs (both orders, Qwen2 configs ``<task>`` and
+    ``<task>_inverse``) at length ``n`` (default: the longest), for :func:`plots.plot_curves`."""
+    keys = [k for k in curves if k[0] in (task, task + "_inverse")]
+    if not keys:
+        return {}
+    n = max(k[1] for k in keys) if n is None else n
+    return {f"{k[0]} n={k[1]} seed {k[2]}": curves[k] for k in sorted(keys) if k[1] == n}
+
+
+def failure_source(results: pd.DataFrame, task: str, fallback, fallback_label: str, order: str = "inverse"):
+    """(folder, label) of the generations the chapter shows: the committed run of
+    :func:`pick_failure_run`, else ``fallback`` (e.g. the chapter's live run) named by
+    ``fallback_label``."""
+    run = pick_failure_run(results, task, order)
+    if run is None:
+        return fallback, f"{fallback_label} (the committed runs kept no generations)"
+    return run[
+        "folder"
+    ], f"{TASK_NAMES.get(task, task)} $n={int(run['n'])}$, {order} order, seed {int(run['seed'])}"

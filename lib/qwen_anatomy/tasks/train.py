@@ -211,11 +211,13 @@ def validate_config(config: dict) -> None:
             raise UserInputError("model.hidden_size must be a multiple of model.num_attention_heads")
         if model["num_attention_heads"] % model["num_key_value_heads"]:
             raise UserInputError("model.num_attention_heads must be a multiple of model.num_key_value_heads")
-        if 2 * spec.n + 3 > model["max_position_embeddings"]:
-            raise UserInputError(
-                f"sequences of {2 * spec.n + 3} tokens exceed model.max_position_embeddings "
-                f"{model['max_position_embeddings']}"
-            )
+    longest = longest_sequence(model["type"], spec.n)
+    if longest > model["max_position_embeddings"]:
+        raise UserInputError(
+            f"task.n {spec.n} gives sequences of {longest} tokens, more than model.max_position_embeddings "
+            f"{model['max_position_embeddings']}: raise it (--set model.max_position_embeddings={longest}) "
+            "or use a shorter n"
+        )
     for key in ("batch_size", "logging_steps", "eval_every", "eval_subset", "threads"):
         _positive_int(training[key], f"training.{key}")
     if training["epochs"] is None and training["max_steps"] is None:
@@ -263,6 +265,13 @@ def validate_config(config: dict) -> None:
         raise UserInputError(f"evaluation.show {ev['show']!r} must be an integer >= 0")
     if task["data_root"] is not None and not isinstance(task["data_root"], str):
         raise UserInputError(f"task.data_root {task['data_root']!r} must be a folder path (a string)")
+
+
+def longest_sequence(model_type: str, n: int) -> int:
+    """Positions a model needs for length ``n``: ``<bos> x # y <eos>`` (2n + 3) for the decoder-only
+    Qwen2; for BART the longer of the encoder input ``<bos> x <eos>`` and the decoder's ``<bos> y
+    <eos>`` (n + 2)."""
+    return n + 2 if model_type == "bart" else 2 * n + 3
 
 
 def _is_number(value) -> bool:
@@ -496,6 +505,7 @@ def train(
     allow_pickle: bool = False,
     device="cpu",
     dtype="float32",
+    callbacks: list | None = None,
 ) -> dict:
     """Train one model on one task and order; returns the final evaluation (also written to disk).
 
@@ -503,7 +513,9 @@ def train(
     empty) directory; it becomes a Hugging Face checkpoint directory that transformers'
     ``Qwen2ForCausalLM`` (or ``BartForConditionalGeneration``) and ``qwen_anatomy.loading.load_model``
     both read, holding also ``tokenizer.json``, ``train_config.yaml``, ``curves.json`` (loss, learning
-    rate, exact match against steps and seconds), ``evaluation.json`` and ``run_record.json``.
+    rate, exact match against steps and seconds), ``evaluation.json``, ``generations.jsonl.gz`` (every
+    test generation with its per-position correctness, :mod:`qwen_anatomy.tasks.evaluate`) and
+    ``run_record.json``.
     ``init_from``: a checkpoint to fine-tune (its architecture replaces ``config['model']``); with
     ``allow_pickle`` a checkpoint of pickle weights is read with ``weights_only=True`` (else refused).
     ``dryrun``: 1 epoch on 1,000 training samples, evaluation on 100 test samples.
@@ -511,7 +523,8 @@ def train(
     ``device``: where the Trainer runs (cpu, cuda, mps, auto; checked first). ``dtype``: the compute
     precision: float32, or bfloat16 / float16 as the Trainer's mixed precision (autocast; the weights,
     optimizer state and saved checkpoint stay float32). float16 needs a GPU (its loss scaler is
-    CUDA's); the final evaluation runs in float32.
+    CUDA's); the final evaluation runs in float32. ``callbacks``: extra ``TrainerCallback`` objects
+    (e.g. the step timer of :mod:`qwen_anatomy.tasks.cost`).
     """
     import yaml
 
@@ -620,7 +633,8 @@ def train(
             args=args,
             train_dataset=train_set,
             data_collator=collate_bart if model_type == "bart" else collate_decoder,
-            callbacks=_callbacks(config, test_xs[:sub], test_ys[:sub], curves, t_start),
+            callbacks=_callbacks(config, test_xs[:sub], test_ys[:sub], curves, t_start)
+            + list(callbacks or []),
         )
         if not verbose:
             from transformers.trainer_callback import PrinterCallback
@@ -639,7 +653,7 @@ def train(
 
             shutil.rmtree(out_dir / ".trainer", ignore_errors=True)
         with record.stage("evaluate"):
-            from .evaluate import evaluate
+            from .evaluate import GENERATIONS_FILE, evaluate
 
             ev = config["evaluation"]
             result = evaluate(
@@ -648,6 +662,7 @@ def train(
                 ev["max_examples"] or config["task"]["test_samples"],
                 show=ev["show"],
                 device=device,
+                generations_file=out_dir / GENERATIONS_FILE,
             )
         log = [
             {k: v for k, v in row.items() if k in ("step", "loss", "learning_rate", "grad_norm", "epoch")}
