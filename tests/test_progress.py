@@ -44,3 +44,35 @@ def test_library_bars_go_through_the_switch():
             if re.search(r"\btqdm\(", line) and "file=sys.stderr" not in line and path.name != "progress.py":
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_other_libraries_bars_obey_inside_the_block(monkeypatch):
+    """tqdm's notebook bar ignores TQDM_DISABLE; obedient_bars makes a module's own tqdm obey it."""
+    import types
+
+    from tqdm.notebook import tqdm as notebook_tqdm
+
+    from qwen_anatomy.progress import obedient_bars
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    module = types.ModuleType("fake_library")
+    module.tqdm = notebook_tqdm
+    assert notebook_tqdm(range(3)).disable is False  # the gap this closes
+    with obedient_bars(module):
+        bar = module.tqdm(range(3), desc="converting")
+        assert bar.disable is True
+        assert list(bar) == [0, 1, 2]
+    assert module.tqdm is notebook_tqdm
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    with obedient_bars(module):
+        assert module.tqdm(range(3), disable=True).disable is True  # the caller's own switch is kept
+    with pytest.raises(AttributeError, match="no tqdm"), obedient_bars(types.ModuleType("bare")):
+        pass
+
+
+def test_the_gguf_converter_bar_is_reached():
+    """The GGUF conversion (loading.py) quietens transformers' bar through this module attribute."""
+    from transformers import modeling_gguf_pytorch_utils
+
+    assert hasattr(modeling_gguf_pytorch_utils, "tqdm")
+    assert "obedient_bars(gguf_utils)" in (ROOT / "lib" / "qwen_anatomy" / "loading.py").read_text()

@@ -91,7 +91,7 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     target = conversion_dir(gguf_path, name)
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    from .progress import progress_bar
+    from .progress import obedient_bars, progress_bar
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
@@ -111,15 +111,18 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
             source_dir = gguf_path.parent
         with progress_bar(total=3, desc=f"converting {gguf_path.name} once (about a minute)") as bar:
             from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
             bar.update(1)
-            model = AutoModelForCausalLM.from_pretrained(
-                source_dir, gguf_file=gguf_path.name, dtype=torch.float32
-            )
+            with obedient_bars(gguf_utils):  # its per-tensor bar would be a widget on chapter 00's page
+                model = AutoModelForCausalLM.from_pretrained(
+                    source_dir, gguf_file=gguf_path.name, dtype=torch.float32
+                )
             if getattr(model, "hf_quantizer", None) is not None:
                 model.hf_quantizer.remove_quantization_config(model)
             bar.update(1)
-            tok = AutoTokenizer.from_pretrained(source_dir, gguf_file=gguf_path.name)
+            with obedient_bars(gguf_utils):
+                tok = AutoTokenizer.from_pretrained(source_dir, gguf_file=gguf_path.name)
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
             provenance = {
