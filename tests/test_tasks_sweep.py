@@ -4,6 +4,7 @@ layouts, the pair and counterpart checks, max positions, every generation kept, 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -335,6 +336,42 @@ def test_the_book_plan_validates_and_names_the_issue_runs(tmp_path):
     }
     with pytest.raises(UserInputError, match=f"the plan has groups 1 to {last}"):
         experiment.plan({**config, "out_root": str(tmp_path / "out"), "only_groups": [last + 1]})
+    # --n with --plan: a part of a group (two processes on one group, one length each)
+    part = {**config, "out_root": str(tmp_path / "out"), "only_groups": [1], "only_lengths": [20]}
+    chosen = [e for e in experiment.plan(part) if e["selected"]]
+    assert {(e["config"], e["run_config"]["task"]["n"]) for e in chosen} == {
+        ("relu", 20),
+        ("relu_inverse", 20),
+    }
+    assert len(chosen) == 2 * len(config["seeds"])
+    with pytest.raises(
+        UserInputError, match=r"--n \[13\]: the chosen groups of the plan have lengths \[10, 20, 30\]"
+    ):
+        experiment.plan({**part, "only_lengths": [13]})
+
+
+def test_a_plan_part_runs_in_pairs_beside_a_run_in_progress(tmp_path, capsys, monkeypatch):
+    """--plan with --n trains only those lengths, forward and inverse of one seed back to back (a sweep
+    cut short leaves pairs), and a run in progress at another length does not stop it."""
+    plan = tmp_path / "p.yaml"
+    plan.write_text(yaml.safe_dump({"groups": [{"configs": [RELU, RELU_INV], "n": [4, 5], "set": TINY}]}))
+    out = tmp_path / "out"
+    busy = experiment.run_folder(out, "relu", 0, 5)
+    busy.mkdir(parents=True)
+    (busy / "run_record.json").write_text(json.dumps({"status": "running", "pid": 1}))
+    order = []
+
+    def fake_train(cfg, folder, **kwargs):  # records the order; writes what run() reads back
+        order.append((Path(folder).parts[-3], cfg["task"]["n"], cfg["training"]["seed"]))
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "evaluation.json").write_text("{}")
+
+    monkeypatch.setattr("qwen_anatomy.tasks.train.train", fake_train)
+    config = {**experiment.read_plan(plan), "seeds": [0, 1], "out_root": str(out), "only_lengths": [4]}
+    experiment.run(config, progress=False)
+    assert order == [("relu", 4, 0), ("relu_inverse", 4, 0), ("relu", 4, 1), ("relu_inverse", 4, 1)]
+    with pytest.raises(UserInputError, match="still in progress"):
+        experiment.plan({**config, "only_lengths": [5]})
 
 
 def test_cost_projection_arithmetic_and_interpolation(tmp_path):

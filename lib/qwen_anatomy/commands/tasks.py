@@ -244,7 +244,8 @@ def _add_sweep(sub) -> None:
         type=positive_int,
         nargs="+",
         metavar="N",
-        help="sequence lengths, each trained with every config",
+        help="sequence lengths, each trained with every config; with --plan, train only these of the "
+        "plan's lengths (e.g. --group 1 --n 10 in one process and --group 1 --n 20 in another)",
     )
     p.add_argument(
         "--plan",
@@ -281,9 +282,11 @@ def sweep_config(args) -> dict:
     from ..tasks.experiment import DEFAULT_SEEDS, read_plan
 
     if args.plan is not None:
-        if args.configs or args.n:
-            raise UserInputError("--plan names its configs and lengths: leave out --configs and --n")
+        if args.configs:
+            raise UserInputError("--plan names its configs: leave out --configs")
         config = read_plan(args.plan)
+        if args.n:  # a part of the plan: only these of its lengths are trained (the whole plan is checked)
+            config["only_lengths"] = list(dict.fromkeys(args.n))
     elif not args.configs:
         raise UserInputError(
             "give --configs (with --n for lengths) or --plan, e.g. --plan configs/sweeps/length.yaml"

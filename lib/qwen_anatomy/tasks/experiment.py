@@ -315,7 +315,8 @@ def plan(config: dict[str, Any]) -> list[dict[str, Any]]:
     ``config``: ``configs`` (YAML paths) and ``lengths`` (None: each config's own n), or ``groups``
     (from :func:`read_plan`); ``seeds``; ``overrides`` (``--set`` strings applied to every run after a
     group's own); ``out_root``; ``only_groups`` (1-based group numbers to train; every group is
-    still validated, and a run in progress in another group is left to its process). Each entry:
+    still validated, and a run in progress in another group is left to its process) and
+    ``only_lengths`` (train only these of the chosen groups' lengths; likewise). Each entry:
     ``config`` (stem), ``length`` (the n the sweep set, or None), ``seed``, ``folder``,
     ``run_config``, ``reuse`` (True when the folder holds a successful run of exactly this config),
     ``group`` and ``selected``. Raises UserInputError for a bad config or length (the
@@ -338,6 +339,13 @@ def plan(config: dict[str, Any]) -> list[dict[str, Any]]:
     if not only <= set(range(1, len(groups) + 1)):
         raise UserInputError(
             f"--group {sorted(only - set(range(1, len(groups) + 1)))}: the plan has groups 1 to {len(groups)}"
+        )
+    only_lengths = set(config.get("only_lengths") or [])
+    planned_lengths = {n for i, g in enumerate(groups, start=1) if i in only for n in g.get("n") or []}
+    if only_lengths - planned_lengths:
+        raise UserInputError(
+            f"--n {sorted(only_lengths - planned_lengths)}: the chosen groups of the plan have lengths "
+            f"{sorted(planned_lengths) or 'none'}"
         )
     for index, group in enumerate(groups, start=1):
         for p in group["configs"]:
@@ -363,6 +371,7 @@ def plan(config: dict[str, Any]) -> list[dict[str, Any]]:
             read_json(record.parent / "evaluation.json", "evaluation")
     entries = []
     for stem, n, index, cfg in loaded:
+        selected = index in only and (not only_lengths or n in only_lengths)
         for seed in seeds:
             folder = run_folder(out_root, stem, seed, n)
             run_cfg = json.loads(json.dumps(cfg))
@@ -373,7 +382,7 @@ def plan(config: dict[str, Any]) -> list[dict[str, Any]]:
                 )
             record = _record(folder) if folder.is_dir() else None
             status = None if record is None else record_status(record)
-            if status == "running" and index in only:  # another group may be running elsewhere
+            if status == "running" and selected:  # other groups or lengths may be running elsewhere
                 raise UserInputError(
                     f"{folder} holds a run still in progress (pid {record.get('pid')}); wait for it "
                     "or choose another --out-root"
@@ -396,7 +405,7 @@ def plan(config: dict[str, Any]) -> list[dict[str, Any]]:
                     "reuse": reuse,
                     "status": status,
                     "group": index,
-                    "selected": index in only,
+                    "selected": selected,
                 }
             )
     check_pairs(entries, out_root)
@@ -420,6 +429,8 @@ def run(config: dict[str, Any], progress: bool = True) -> dict[str, Any]:
 
     out_root = Path(config.get("out_root") or "data/results/tasks")
     entries = [e for e in plan(config) if e["selected"]]  # the whole plan is validated, the chosen groups run
+    # Forward and inverse of one length and seed one after the other: a sweep cut short leaves pairs.
+    entries.sort(key=lambda e: (e["group"], e["length"] or 0, e["seed"]))
     rows = []
     todo = sum(not e["reuse"] for e in entries)
     bar = progress_bar(total=todo, desc="task sweep runs", unit="run", enabled=progress and todo > 0)
