@@ -32,12 +32,21 @@ def utc_now() -> str:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    return _atomic_write(path, text, "w")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """:func:`atomic_write_text` for bytes."""
+    return _atomic_write(path, data, "wb")
+
+
+def _atomic_write(path: str | os.PathLike, content: str | bytes, mode: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, mode) as fh:
+            fh.write(content)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

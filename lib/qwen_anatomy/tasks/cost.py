@@ -27,26 +27,10 @@ WARMUP_STEPS = 5
 
 def model_signature(config: dict) -> tuple:
     """What sets the cost of one training step besides the length: the model section and the batch."""
+    from .train import SHAPE_KEYS
+
     m = config["model"]
-    keys = (
-        (
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-        )
-        if m["type"] == "qwen2"
-        else (
-            "d_model",
-            "encoder_layers",
-            "decoder_layers",
-            "encoder_ffn_dim",
-            "decoder_ffn_dim",
-            "attention_heads",
-        )
-    )
-    return (m["type"], *(m[k] for k in keys), config["training"]["batch_size"])
+    return (m["type"], *(m[k] for k in SHAPE_KEYS[m["type"]]), config["training"]["batch_size"])
 
 
 def describe_signature(signature: tuple) -> str:

@@ -162,22 +162,11 @@ def write_generations(path: str | Path, rows: Sequence[dict]) -> Path:
     the same generations give the same bytes."""
     import gzip
     import json
-    import os
-    import tempfile
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from ..runrecord import atomic_write_bytes
+
     text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
-    data = gzip.compress(text.encode(), compresslevel=9, mtime=0)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, gzip.compress(text.encode(), compresslevel=9, mtime=0))
 
 
 def load_generations(path: str | Path) -> list[dict]:

@@ -292,6 +292,18 @@ def coverage_sentence(results: pd.DataFrame, expected: pd.DataFrame) -> str:
     return text
 
 
+def _architecture_rows(results: pd.DataFrame, task: str, lengths) -> tuple[pd.DataFrame, list]:
+    """The task's runs (model type Qwen2 when the column is absent) and the lengths to compare: the
+    given ones, else every length with a BART run, else every length of the task."""
+    sel = results[results["task"] == task]
+    if "model_type" not in sel:
+        sel = sel.assign(model_type="qwen2")
+    if lengths is None:
+        bart = sel.loc[sel["model_type"] == "bart", "n"]
+        lengths = sorted(set(bart if len(bart) else sel["n"]))
+    return sel, lengths
+
+
 def model_comparison(results: pd.DataFrame, task: str = "relu", lengths=None) -> pd.DataFrame:
     """Qwen2 beside BART on one task: one row per length and order with each model's mean exact match
     and 95% interval over seeds, and the comparison (:func:`qwen_anatomy.tasks.verdicts.compare`).
@@ -302,12 +314,7 @@ def model_comparison(results: pd.DataFrame, task: str = "relu", lengths=None) ->
     """
     from .verdicts import compare, seed_interval
 
-    sel = results[results["task"] == task]
-    if "model_type" not in sel:
-        sel = sel.assign(model_type="qwen2")
-    if lengths is None:
-        bart = sel.loc[sel["model_type"] == "bart", "n"]
-        lengths = sorted(set(bart if len(bart) else sel["n"]))
+    sel, lengths = _architecture_rows(results, task, lengths)
     rows = []
     words = {
         "a higher": "Qwen2 higher",
@@ -339,12 +346,7 @@ def architecture_sentence(results: pd.DataFrame, task: str = "relu", lengths=Non
     seen with Qwen2 is also seen with BART (the original's architecture)."""
     from .verdicts import harder
 
-    sel = results[results["task"] == task]
-    if "model_type" not in sel:
-        sel = sel.assign(model_type="qwen2")
-    if lengths is None:
-        bart = sel.loc[sel["model_type"] == "bart", "n"]
-        lengths = sorted(set(bart if len(bart) else sel["n"]))
+    sel, lengths = _architecture_rows(results, task, lengths)
     lines = []
     for n in lengths:
         verdicts = {}

@@ -80,6 +80,24 @@ DEFAULTS: dict[str, Any] = {
 }
 
 MODEL_TYPES = ("qwen2", "bart")
+# the model section's keys that set its shape, per model type
+SHAPE_KEYS = {
+    "qwen2": (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+    ),
+    "bart": (
+        "d_model",
+        "encoder_layers",
+        "decoder_layers",
+        "encoder_ffn_dim",
+        "decoder_ffn_dim",
+        "attention_heads",
+    ),
+}
 # transformers' schedulers that need no extra arguments
 SCHEDULERS = (
     "linear",
@@ -185,25 +203,7 @@ def validate_config(config: dict) -> None:
         _positive_int(task[key], f"task.{key}")
     if model["type"] not in MODEL_TYPES:
         raise UserInputError(f"model.type {model['type']!r} must be one of {', '.join(MODEL_TYPES)}")
-    keys = (
-        (
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-        )
-        if model["type"] == "qwen2"
-        else (
-            "d_model",
-            "encoder_layers",
-            "decoder_layers",
-            "encoder_ffn_dim",
-            "decoder_ffn_dim",
-            "attention_heads",
-        )
-    )
-    for key in keys:
+    for key in SHAPE_KEYS[model["type"]]:
         _positive_int(model[key], f"model.{key}")
     _positive_int(model["max_position_embeddings"], "model.max_position_embeddings")
     if model["type"] == "qwen2":
