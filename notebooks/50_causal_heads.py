@@ -40,19 +40,30 @@ results_dir = "data/results/causal"  # the saved suites (relative to the reposit
 # The saved suites are read, not run: these name the backbone they were run on (see data/results/causal).
 saved_suites_model = "smollm2-135m"  # the saved basic / comparison / ablation / initialization suites
 saved_comprehensive_model = "smollm2-135m"  # the saved comprehensive suite
+# The study (both arms, several seeds, against the trivial references) is read from study_dir when it
+# holds one (data/results/causal/README.md has the book-scale command); otherwise it runs here on
+# live_model with the budget below.
+study_dir = "data/results/causal/study"
+study_seeds = [0, 1, 2]
+study_steps = 300
+study_n_train = 2000
+study_n_eval = 64
 seed = 0
 
 # %%
 import math
+import tempfile
+from pathlib import Path
 
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from qwen_anatomy.causal import cauchy
+from qwen_anatomy.causal import cauchy, study_report
 from qwen_anatomy.causal import experiments as causal_experiments
 from qwen_anatomy.causal import plots as causal_plots
 from qwen_anatomy.causal import report as causal_report
+from qwen_anatomy.causal import study as causal_study
 from qwen_anatomy.causal.data import evaluation_sets, make_texts
 from qwen_anatomy.causal.model import BaselineQwen, CausalConfig, CausalQwen, phi
 from qwen_anatomy.causal.numtok import NumberTokenizer
@@ -369,6 +380,93 @@ for prompt in prompts:
             {"prompt": prompt[-30:], "mode": mode, "continuation": gen["text"], "numbers": gen["numbers"]}
         )
 display(pd.DataFrame(rows))
+
+# %% [markdown]
+# ## The study: do the heads predict numbers that can be predicted?
+#
+# The suites further below were run on the first build's templates, where most numbers are drawn at
+# random, so no model can do better than the middle of the range. The study asks the question on texts
+# where an answer exists (`qwen_anatomy.causal.templates`). Every number carries a *role* that says how
+# the text before it predicts it: copied from an earlier sentence, a sum, a difference, a total
+# (quantity times price), a unit conversion, the next term of an arithmetic sequence; or a *noisy*
+# reading of a stated weight on a scale with a stated error, whose law is known exactly; or nothing at
+# all (*random*, *given*). In the question/answer texts the answer is a number for one question in three
+# and a word otherwise, so deciding that a number comes is a real task.
+#
+# Every model is set beside trivial references computed on the same targets: the training mean, and
+# copy-the-last-number (the previous number in the text). For the noisy readings the oracle knows the
+# true weight and the stated spread. An arm that cannot beat the better of the two trivial references on
+# a role has not learned that role.
+#
+# Both arms (CausalQwen and the softmax + Normal baseline) run on one feature cache: the frozen backbone
+# runs once over the training and evaluation texts, and each run trains its heads on the cached features,
+# with the same batches, steps and learning rates, for each seed (the seed sets the heads' initialisation
+# and the batch order). `causal_study.run(config, out)` writes one folder per arm and seed with its run
+# record; a second call reuses finished runs and refuses a folder run with another configuration. The
+# page reads the saved study when `study_dir` holds one; otherwise it runs the study here, on the small
+# project backbone:
+
+# %%
+study_path = REPO_ROOT / study_dir
+study_live = not study_report.study_exists(study_path)
+if study_live:
+    study_path = Path(tempfile.mkdtemp(prefix="causal-study-")) / "study"
+    study_config = {
+        "model": live_model,
+        "seeds": study_seeds,
+        "steps": study_steps,
+        "n_train": study_n_train,
+        "n_eval": study_n_eval,
+        "cache_dir": str(study_path.parent / "cache"),
+    }
+    causal_study.run(study_config, study_path, progress=False, log=lambda message: None)
+study = study_report.load_study(study_path)
+
+# %% tags=["remove-input"]
+display(
+    Markdown(
+        study_report.study_description(
+            study,
+            "run live on this page: no study is saved in `" + study_dir + "`"
+            if study_live
+            else "saved in `" + study_dir + "`",
+        )
+        + " "
+        + study_report.rule_sentence()
+    )
+)
+
+# %% [markdown]
+# **The values against the trivial references.** One row per role: how many targets, each arm's mean
+# absolute error with its interval over seeds, the references' errors, the better trivial reference and
+# each arm's verdict against it. The value head is read at every number target, whether or not the model
+# decided that a number comes there. The extreme and boundary sets are scored apart: their values live on
+# other scales.
+
+# %% tags=["hide-input"]
+display(study_report.value_table(study))
+display(Markdown(study_report.value_summary(study)))
+display(Markdown(study_report.value_sentences(study)))
+
+# %% [markdown]
+# **Calibration against the oracle.** For each noisy reading, each arm predicts a law (Cauchy for
+# CausalQwen, Normal for the baseline); a calibrated law puts the truth inside its central $q$-interval
+# a fraction $q$ of the time, for every $q$. The figure plots that observed fraction against $q$: the
+# dotted diagonal is perfect calibration, the dashed line the oracle (the true weight with the stated
+# spread, calibrated by construction up to sampling), and each arm's band its interval over seeds. A
+# curve below the diagonal is overconfident (intervals too narrow), above it underconfident.
+
+# %% tags=["hide-input"]
+fig = study_report.calibration_plot(study)
+display(Markdown(study_report.calibration_sentences(study)))
+
+# %% [markdown]
+# **Where a number comes.** `<NUM>` F1 per evaluation set (is the next token a number?), with intervals
+# over seeds. The question/answer set is where the decision depends on the question.
+
+# %% tags=["hide-input"]
+display(study_report.detection_table(study))
+display(Markdown(study_report.detection_sentence(study)))
 
 # %% [markdown]
 # ## The experiment suites

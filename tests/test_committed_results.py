@@ -214,7 +214,7 @@ def test_every_model_folder_is_checked():
 RESULT_PARAMETERS = {
     "30_synthetic_tasks": ("results_root",),
     "40_heads_importance_vs_plasticity": ("results_dir", "regenerate", "theta0"),
-    "50_causal_heads": ("results_dir", "saved_suites_model", "saved_comprehensive_model"),
+    "50_causal_heads": ("results_dir", "saved_suites_model", "saved_comprehensive_model", "study_dir"),
     "90_experiments": ("results_dir", "results_notebook"),
 }
 

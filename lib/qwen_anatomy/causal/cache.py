@@ -44,12 +44,20 @@ class FeatureCache:
         """True when the cache holds the final features z (heads-only training)."""
         return self.start_layer == self.n_layers
 
-    def batch(self, index) -> dict[str, torch.Tensor]:
+    def batch(self, index, width: int | None = None) -> dict[str, torch.Tensor]:
+        """The rows ``index`` (their first ``width`` positions when given)."""
+        cols = slice(None) if width is None else slice(0, width)
         return {
-            "input_ids": self.input_ids[index],
-            "attention_mask": self.attention_mask[index],
-            "numerical_values": self.numerical_values[index],
+            "input_ids": self.input_ids[index][:, cols],
+            "attention_mask": self.attention_mask[index][:, cols],
+            "numerical_values": self.numerical_values[index][:, cols],
         }
+
+    def width(self, index) -> int:
+        """The longest real length among the rows ``index``: the texts are right-padded to the longest
+        text of the whole cache, and the positions past a batch's longest text are padding on every
+        row, which no loss or metric reads (and, under the causal mask, no real position attends to)."""
+        return max(int(self.attention_mask[index].sum(1).max()), 1)
 
     def nbytes(self) -> int:
         return sum(t.element_size() * t.numel() for t in (self.hidden, self.input_ids, self.attention_mask))
@@ -137,13 +145,15 @@ def build_cache(
     )
 
 
-def cached_features(model, cache: FeatureCache, index) -> torch.Tensor:
-    """z for the cached rows ``index``: the cache itself, or the top layers rerun on it."""
+def cached_features(model, cache: FeatureCache, index, width: int | None = None) -> torch.Tensor:
+    """z for the cached rows ``index`` (their first ``width`` positions when given): the cache itself, or
+    the top layers rerun on it."""
     device = model.backbone.device
-    h = cache.hidden[index].to(device, torch.float32)
+    cols = slice(None) if width is None else slice(0, width)
+    h = cache.hidden[index][:, cols].to(device, torch.float32)
     if cache.final:
         return h
-    mask = cache.attention_mask[index].to(device)
+    mask = cache.attention_mask[index][:, cols].to(device)
     out = model.backbone(
         inputs_embeds=h.to(model.backbone.dtype),
         attention_mask=mask,
@@ -153,9 +163,10 @@ def cached_features(model, cache: FeatureCache, index) -> torch.Tensor:
     return out.last_hidden_state.float()
 
 
-def cached_forward(model, cache: FeatureCache, index):
-    """The model's output on the cached rows ``index`` (equal to ``model(...)`` on their texts)."""
-    return model.heads(cached_features(model, cache, index))
+def cached_forward(model, cache: FeatureCache, index, width: int | None = None):
+    """The model's output on the cached rows ``index`` (equal to ``model(...)`` on their texts), on their
+    first ``width`` positions when given (:meth:`FeatureCache.width`: the rest is padding)."""
+    return model.heads(cached_features(model, cache, index, width))
 
 
 def cached_batches(cache: FeatureCache, batch_size: int, seed: int):

@@ -373,8 +373,9 @@ def evaluate_cached(model, cache, examples, train_mean: float, batch_size: int =
     with torch.no_grad():
         for start in range(0, len(cache), batch_size):
             rows = torch.arange(start, min(start + batch_size, len(cache)))
-            batch = cache.batch(rows)
-            out = cached_forward(model, cache, rows)
+            width = cache.width(rows)
+            batch = cache.batch(rows, width)
+            out = cached_forward(model, cache, rows, width)
             dist = out.distribution
             labels, valid, _, values = next_token_targets(
                 batch["input_ids"], batch["numerical_values"], batch["attention_mask"], num
@@ -585,9 +586,10 @@ def run(
 
 # -- the cost ---------------------------------------------------------------------------------------
 def estimate(
-    config: dict, steps: int = 3, n_texts: int = 32, device="cpu", dtype="float32", log=print
+    config: dict, steps: int = 3, n_texts: int | None = None, device="cpu", dtype="float32", log=print
 ) -> dict:
-    """Time the study's own path on this machine: build a cache of ``n_texts`` training texts, train each
+    """Time the study's own path on this machine: build a cache of ``n_texts`` training texts (default: one
+    batch), train each
     arm ``steps`` cached steps (the first left out as warm-up) and evaluate it on the same cache; then
     project the whole study (:func:`project`). Writes nothing but the timing's temporary cache in memory."""
     import torch
@@ -608,7 +610,7 @@ def estimate(
     base, tok = load_model(model_path, device=device, dtype=dtype)
     load_seconds = time.perf_counter() - t0
     numtok = NumberTokenizer(tok)
-    examples = make_examples("train", max(n_texts, cfg["batch_size"]), cfg["data_seed"])
+    examples = make_examples("train", max(n_texts or 0, cfg["batch_size"]), cfg["data_seed"])
     texts = [e.text for e in examples]
     n_layers = len(base.model.layers)
     start = n_layers - cfg["train_layers"]
@@ -622,7 +624,8 @@ def estimate(
         top = {k: p.detach().clone() for k, p in base.named_parameters() if _in_top(k, start, n_layers)}
         if cfg["train_layers"]:
             unfreeze_top(model, start)
-        logged = train_on_cache(
+        stamps: list[float] = []  # the log's own seconds are rounded to 0.01 s: time each row here
+        train_on_cache(
             model,
             cache,
             steps,
@@ -630,9 +633,10 @@ def estimate(
             cfg["lr"],
             0,
             log_every=1,
+            on_log=lambda row, stamps=stamps: stamps.append(time.perf_counter()),
             lr_pretrained=cfg["lr_pretrained"],
         )
-        per_step = (logged[-1]["seconds"] - logged[1]["seconds"]) / max(steps - 1, 1)
+        per_step = (stamps[-1] - stamps[1]) / (steps - 1)  # row s is logged after forward s
         t0 = time.perf_counter()
         evaluate_cached(model, cache, examples, 50.0, cfg["eval_batch"])
         eval_per_text = (time.perf_counter() - t0) / len(texts)
@@ -642,9 +646,9 @@ def estimate(
                     p.copy_(top[k])
                 p.requires_grad_(False)
         measured["arms"][arm] = {
-            "seconds_per_step": round(per_step, 3),
-            "eval_seconds_per_text": round(eval_per_text, 4),
-            "cache_seconds_per_text": round(cache_per_text, 4),
+            "seconds_per_step": round(per_step, 6),
+            "eval_seconds_per_text": round(eval_per_text, 6),
+            "cache_seconds_per_text": round(cache_per_text, 6),
             "tokens_per_batch": int(cache.attention_mask[: cfg["batch_size"]].sum()),
         }
         log(f"{arm}: {per_step:.2f} s per step of batch {cfg['batch_size']}")

@@ -1,4 +1,4 @@
-"""``qwen-anatomy causal train|eval|generate|suite|report|pretrain``: CausalQwen from the command line (Part V).
+"""``qwen-anatomy causal train|eval|generate|suite|study|report|pretrain``: CausalQwen from the command line (Part V).
 
 Nothing heavy is imported at module level; every input is validated before a model is loaded.
 ``train`` writes a heads directory (the trained heads only: the frozen backbone is named, not copied):
@@ -146,6 +146,8 @@ def register(subparsers) -> None:
     s.add_argument("--out-root", type=Path, default=None, help="default: data/results/causal")
     s.set_defaults(func=cmd_suite)
 
+    _study_parser(sub)
+
     rp = sub.add_parser(
         "report", help="figures (PNG) and summary.md for a saved suite directory (as chapter 50 shows it)"
     )
@@ -167,6 +169,143 @@ def register(subparsers) -> None:
     r.add_argument("--steps", type=positive_int, default=600)
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(func=cmd_pretrain)
+
+
+def _study_parser(sub) -> None:
+    """``causal study``: both arms x seeds on one feature cache (qwen_anatomy.causal.study)."""
+    from ..cli import non_negative_int
+
+    st = sub.add_parser(
+        "study",
+        help="CausalQwen and the baseline, several seeds, on one feature cache, against the trivial references",
+        description="Train and evaluate both arms for every seed on a cached frozen backbone; one folder per "
+        "(arm, seed) under --out, finished runs reused, a run of another configuration refused. Settings not "
+        "given take the library defaults (qwen_anatomy.causal.study.DEFAULTS).",
+    )
+    st.add_argument("--model", default=None, help=f"backbone (default causal-tiny-lm): {MODEL_HELP}")
+    st.add_argument("--out", type=Path, default=None, help="study folder (default data/results/causal/study)")
+    st.add_argument("--seeds", type=non_negative_int, nargs="+", default=None, help="default 0 1 2")
+    st.add_argument("--steps", type=positive_int, default=None, help="optimiser steps per run (300)")
+    st.add_argument("--batch-size", type=positive_int, default=None, help="texts per step (16)")
+    st.add_argument("--lr", type=_float, default=None, help="learning rate (0.01)")
+    st.add_argument(
+        "--lr-pretrained", type=_float, default=None, help="rate of the copied head matrices (default: --lr)"
+    )
+    st.add_argument("--n-train", type=positive_int, default=None, help="training texts (2000)")
+    st.add_argument("--n-eval", type=positive_int, default=None, help="texts per evaluation set (64)")
+    st.add_argument("--max-length", type=positive_int, default=None, help="tokens per text (64)")
+    st.add_argument(
+        "--train-layers",
+        type=non_negative_int,
+        default=None,
+        help="top backbone layers fine-tuned on the cache (0: heads only, the default)",
+    )
+    st.add_argument("--data-seed", type=non_negative_int, default=None, help="seed of the training texts (0)")
+    st.add_argument("--log-every", type=positive_int, default=None)
+    st.add_argument("--eval-batch", type=positive_int, default=None)
+    st.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help='any other study setting, e.g. --set \'causal={"threshold_mode": "per_class"}\' '
+        "--set 'arms=[\"baseline\"]'",
+    )
+    st.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where feature caches live (default scratch/causal-cache)",
+    )
+    st.add_argument(
+        "--estimate",
+        action="store_true",
+        help="time a few cached steps of each arm and print the study's projected cost; trains nothing, "
+        "writes nothing",
+    )
+    st.add_argument(
+        "--estimate-steps", type=positive_int, default=3, help="steps timed per arm (the first is warm-up)"
+    )
+    st.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _precision_flags(st)
+    st.set_defaults(func=cmd_study)
+
+
+STUDY_FLAGS = {
+    "model": "model",
+    "seeds": "seeds",
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "lr_pretrained": "lr_pretrained",
+    "n_train": "n_train",
+    "n_eval": "n_eval",
+    "max_length": "max_length",
+    "train_layers": "train_layers",
+    "data_seed": "data_seed",
+    "log_every": "log_every",
+    "eval_batch": "eval_batch",
+}
+
+
+def _study_config(args) -> dict:
+    """The study settings given on the command line (flags, then --set KEY=JSON)."""
+    config = {
+        key: getattr(args, attr) for attr, key in STUDY_FLAGS.items() if getattr(args, attr) is not None
+    }
+    for item in args.settings:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserInputError(
+                f"--set {item!r}: write KEY=VALUE with a JSON value, e.g. --set 'n_eval=100'"
+            )
+        if key in config:
+            raise UserInputError(
+                f"--set {item!r}: {key} is already given (by its flag or an earlier --set); give it once"
+            )
+        try:
+            config[key] = json.loads(text)
+        except json.JSONDecodeError:
+            raise UserInputError(
+                f"--set {item!r}: the value {text!r} is not JSON (quote strings: --set 'model=\"name\"')"
+            ) from None
+    if args.cache_dir is not None:
+        config["cache_dir"] = str(args.cache_dir)
+    return config
+
+
+def cmd_study(args) -> int:
+    from ..causal import study
+    from ..devices import resolve
+
+    config = _study_config(args)
+    cfg = study.check_config(config)
+    resolve(args.device, args.dtype)
+    if args.estimate:
+        study.check_model(cfg["model"])
+        measured = study.estimate(
+            cfg, args.estimate_steps, device=args.device, dtype=args.dtype, log=lambda m: print(m, flush=True)
+        )
+        print(json.dumps(measured, indent=2))
+        print(study.project_sentence(cfg, measured["projection"]))
+        return 0
+    out = args.out or study.STUDY_ROOT
+    study.plan(cfg, out)  # refuses a finished run of another configuration before anything loads
+    result = study.run(
+        cfg,
+        out,
+        progress=not args.no_progress,
+        log=lambda m: print(m, flush=True),
+        device=args.device,
+        dtype=args.dtype,
+    )
+    print(
+        f"study in {out}: trained {len(result['trained'])} run(s), reused {len(result['reused'])}"
+        + (f"; feature cache {result['cache']}" if result["cache"] else "")
+    )
+    return 0
 
 
 def _read_texts(path: Path | None, what: str) -> list[str] | None:
