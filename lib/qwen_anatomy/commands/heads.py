@@ -117,6 +117,15 @@ def register(sub) -> None:
         help="size of every top-K set (top-K overlaps and the 'top' side of the counterexample sets), "
         "1..number of ablated heads; None: 10%% of the heads (the original used 20)",
     )
+    p.add_argument(
+        "--theta0-from",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="reuse θ0's measurements (theta0.npz) of an earlier run in DIR instead of measuring θ0 "
+        "again; refused unless DIR measured the same model, data subset, ablation, heads and tokens "
+        "(the real pair measures θ0 once for all fine-tuning seeds)",
+    )
     p.add_argument("--max-tokens", type=positive_int, default=64, help="tokens per text example")
     p.add_argument("--batch-size", type=positive_int, default=16, help="examples per forward pass")
     p.add_argument("--replicas", type=positive_int, default=8, help="heads ablated per batched pass")
@@ -212,6 +221,7 @@ def cmd_heads(args) -> int:
                 f"{args.data} is a task file (the shared task vocabulary, {VOCAB_SIZE} ids) but "
                 f"{args.model} has only {vocab} token ids: use a model trained on the tasks, or text data"
             )
+    earlier0 = check_theta0_from(args, path0) if args.theta0_from is not None else None
     path1 = resolve_model(args.finetuned) if args.finetuned else None
     if path1 is not None:
         c0, c1 = load_config(path0).to_dict(), load_config(path1).to_dict()
@@ -243,12 +253,14 @@ def cmd_heads(args) -> int:
         int(batch.input_ids.max()), model0.config.vocab_size, f"data file {args.data}", f"{args.model}'s "
         "tokenizer.json does not belong to its weights"
     )  # fmt: skip
-    make_output_dir(args.out, "--out")
     from ..heads.data import SUBSET_FILE, subset_record
     from ..runrecord import atomic_write_json
 
     drawn = indices if indices is not None else list(range(min(pool, args.max_examples)))
     subset = subset_record(drawn, pool, subset_seed, args.data, evaluated=batch.source.tolist())
+    if earlier0 is not None:
+        check_theta0_subset(args.theta0_from, subset)
+    make_output_dir(args.out, "--out")
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
     record = RunRecord(args.out / "run_record.json", "qwen-anatomy heads", params)
     with record:
@@ -257,6 +269,8 @@ def cmd_heads(args) -> int:
         record.data["n_examples"] = len(batch)
         record.data["subset"] = {k: v for k, v in subset.items() if k != "indices"} | {"file": SUBSET_FILE}
         record.data["heads_ablated"] = n_ablated
+        if earlier0 is not None:
+            record.data["theta0_from"] = str(args.theta0_from)
         models = [("θ0", model0)]
         if path1 is not None:
             model1, _ = load_model(
@@ -267,6 +281,12 @@ def cmd_heads(args) -> int:
         results = []
         with progress_bar(total=lay_total, desc="ablating heads", unit="pass") as bar:
             for name, model in models:
+                if name == "θ0" and earlier0 is not None:
+                    from ..heads.analysis import Measurements
+
+                    results.append(Measurements.from_npz(args.theta0_from / "theta0.npz"))
+                    bar.update(lay_total // len(models))
+                    continue
                 with record.stage(f"measure {name}"):
                     results.append(
                         measure(
@@ -305,6 +325,61 @@ def cmd_heads(args) -> int:
 
     print(most_important_line(head_quantities(results[0])["I_pre"], lay.num_heads))
     return 0
+
+
+# What must match for θ0's measurements of an earlier run to stand for this run's.
+THETA0_KEYS = ("ablation", "max_examples", "subset_seed", "heads", "max_tokens", "dtype", "device")
+
+
+def check_theta0_from(args, path0: Path) -> dict:
+    """The run record of ``--theta0-from DIR``, checked to be a successful run of the same θ0 with
+    the same measurement settings; UserInputError naming the first difference otherwise."""
+    from ..iochecks import read_run_record, record_status
+    from ..loading import resolve_model
+
+    where = f"--theta0-from {args.theta0_from}"
+    if (
+        not (args.theta0_from / "theta0.npz").is_file()
+        or not (args.theta0_from / "run_record.json").is_file()
+    ):
+        raise UserInputError(
+            f"{where} holds no theta0.npz and run_record.json: give a `qwen-anatomy heads --out` folder"
+        )
+    record = read_run_record(args.theta0_from / "run_record.json")
+    if record_status(record) != "success" or record.get("command") != "qwen-anatomy heads":
+        raise UserInputError(
+            f"{where} is not a finished `qwen-anatomy heads` run (status {record.get('status')!r})"
+        )
+    params = record.get("parameters", {})
+    try:
+        same_model = resolve_model(params.get("model", "")) == path0
+    except UserInputError:
+        same_model = False
+    if not same_model:
+        raise UserInputError(
+            f"{where} measured model {params.get('model')!r}, not {args.model!r}: θ0 must be the same"
+        )
+    for key in THETA0_KEYS:
+        if params.get(key) != getattr(args, key):
+            raise UserInputError(
+                f"{where} was measured with {key.replace('_', '-')} {params.get(key)!r}, this run asks for "
+                f"{getattr(args, key)!r}: measure θ0 again (drop --theta0-from) or use the same settings"
+            )
+    return record
+
+
+def check_theta0_subset(theta0_dir: Path, subset: dict) -> None:
+    """The earlier run evaluated exactly the same examples of the same data bytes."""
+    from ..heads.data import SUBSET_FILE
+    from ..iochecks import read_json
+
+    earlier = read_json(theta0_dir / SUBSET_FILE, "--theta0-from subset file")
+    keys = ("data_sha256", "indices", "skipped", "pool_size")
+    if not isinstance(earlier, dict) or any(earlier.get(k) != subset[k] for k in keys):
+        raise UserInputError(
+            f"--theta0-from {theta0_dir} evaluated other examples (its {SUBSET_FILE} differs in data bytes or "
+            "indices): measure θ0 again or give the same --data and subset"
+        )
 
 
 def cmd_agree(args) -> int:

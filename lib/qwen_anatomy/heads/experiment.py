@@ -10,6 +10,10 @@ another task with several seeds (θ1 per seed, through :func:`qwen_anatomy.tasks
 each ranking. Regenerate the committed results with::
 
     .venv/bin/python -m qwen_anatomy.heads.experiment --out data/results/heads/finetune-square
+
+Its θ0 has 8 heads (detectable |ρ| 0.86) and cannot do the fine-tuning task; the two experiments with
+power are :mod:`qwen_anatomy.heads.synthetic` (96 heads) and :mod:`qwen_anatomy.heads.realpair`
+(SmolLM2, 270 heads), resumable commands built on :mod:`qwen_anatomy.heads.pairs`.
 """
 
 from __future__ import annotations

@@ -45,8 +45,9 @@ class FinetuneConfig:
     warmup_ratio: float = 0.05
     lr_scheduler_type: str = "cosine"
     max_grad_norm: float = 1.0
-    train_chars: int = 600_000
-    heldout_chars: int = 150_000
+    # the whole standard-library corpus holds about 389,000 characters (533 documents) on Python 3.11
+    train_chars: int = 285_000
+    heldout_chars: int = 100_000
     corpus_seed: int = 0
     eval_every: int = 50
     eval_blocks: int = 64

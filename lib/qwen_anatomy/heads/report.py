@@ -310,3 +310,138 @@ def most_important_line(importance, num_heads: int, n: int = 3, theta: str = "θ
         return "no head was ablated"
     listed = ", ".join(f"{name} (Δloss {value:+.4f} nats)" for name, value in top)
     return f"most important of the {n_ablated} ablated heads at {theta} (layer.head): {listed}"
+
+
+# -- the book-scale pairs (qwen_anatomy.heads.synthetic, qwen_anatomy.heads.realpair) ----------------
+def theta0_skill_clause(summary: dict) -> str:
+    """Could θ0 already do part of the fine-tuning task? (the synthetic pair's precondition)"""
+    base = summary.get("theta0_on_finetune_task")
+    if base is None:
+        return ""
+    ratio = base["loss_over_chance"]
+    verdict = (
+        "far below chance, so importance before fine-tuning measures a skill θ0 has"
+        if ratio < 0.5
+        else "below chance, but not far below"
+        if ratio < 1
+        else "no better than chance: importance before fine-tuning measures a task θ0 cannot do"
+    )
+    return (
+        f" Before fine-tuning θ0 scores {base['loss']:.2f} nats per output token on the fine-tuning task "
+        f"against {base['chance_loss']:.2f} for predicting the marginal ({ratio:.0%} of chance): {verdict}."
+    )
+
+
+def real_pair_clause(summary: dict) -> str:
+    """How far fine-tuning moved the real model on held-out text, over the seeds."""
+    seeds = summary.get("seeds", {})
+    evals = [
+        v["finetune_evaluation"]
+        for v in seeds.values()
+        if "heldout_loss_after" in v.get("finetune_evaluation", {})
+    ]
+    if not evals:
+        return ""
+    before = evals[0]["heldout_loss_before"]
+    after = [e["heldout_loss_after"] for e in evals]
+    return (
+        f" Fine-tuning moved the held-out loss from {before:.3f} to {min(after):.3f}-{max(after):.3f} nats per "
+        f"token over {len(after)} seed(s)."
+    )
+
+
+def pair_finding(res: dict, pairs: pd.DataFrame, model: str) -> str:
+    """The finding of one book-scale pair (:func:`qwen_anatomy.heads.pairs.load_pair_results`),
+    naming the model it was computed on, with the detectable |ρ| at its N."""
+    from .power import power_record, power_sentence
+
+    main = pairs.set_index("pair").loc["I_pre ~ Urel"]
+    rho, p, within = main["ρ (mean over seeds)"], main["max p (permutation)"], main["ρ within layers"]
+    summary = res["summary"]
+    rec = summary.get("power") or power_record(summary["n_heads"], summary.get("layout", {}).get("layers"))
+    return (
+        f"On {model}, "
+        + importance_update_verdict(rho, p)
+        + f". Within layers the same pair gives ρ = {within:+.2f}: {depth_clause(within, rho)} "
+        + seeds_clause(res["agreement"], len(res["seeds"]))
+        + theta0_skill_clause(summary)
+        + real_pair_clause(summary)
+        + " "
+        + power_sentence(rec)
+    )
+
+
+def pair_not_run(status: dict, what: str, command: str, hours: float) -> str:
+    """The chapter's statement for a pair whose results folder is not complete (computed from
+    :func:`qwen_anatomy.heads.pairs.pair_status`)."""
+    stages = status.get("stages", {})
+    done = [k for k, v in stages.items() if v == "success"]
+    folder = _shown_path(status["folder"])
+    if not status.get("exists") or not stages:
+        state = f"`{folder}` does not exist yet"
+    else:
+        state = f"`{folder}` holds {len(done)} of {len(stages)} finished stages"
+    return (
+        f"**{what[0].upper() + what[1:]} has not been run yet**: {state}. One resumable command produces it "
+        f"(about {hours:.1f} hours on this two-core machine):\n\n```\n{command}\n```"
+    )
+
+
+def pair_section(
+    folder, what: str, command: str, hours: float, model_name, figures: bool = True
+) -> tuple[list, dict | None]:
+    """What chapter 40 shows for one pair folder: (items, results). Items are tables (DataFrames),
+    Markdown strings and (with ``figures``) a matplotlib figure: the pair table, counterexamples,
+    across-seed agreement, the finding and the importance-versus-update scatter of the first seed when
+    the folder is complete, else the computed statement that it has not been run (``results`` None).
+    ``model_name(results)`` names the model the numbers come from."""
+    from .agreement import agreement_table
+    from .pairs import load_pair_results, pair_status
+
+    status = pair_status(folder)
+    if not status["complete"]:
+        return [pair_not_run(status, what, command, hours)], None
+    res = load_pair_results(folder)
+    seeds = sorted(res["seeds"])
+    table = pair_table([res["seeds"][s]["stats"] for s in seeds])
+    items = [table, counterexample_table(res), agreement_table(res["agreement"]),
+             "**Finding.** " + pair_finding(res, table, model_name(res))]  # fmt: skip
+    if figures:
+        from . import plots
+        from .analysis import head_table
+
+        r = res["seeds"][seeds[0]]
+        heads = head_table(r["m0"], r["m1"], r["update"])
+        cases = r["stats"]["counterexamples"]["I_pre_vs_Urel"]
+        items.append(
+            f"The scatter puts each head of seed {seeds[0]} at its relative update (x) and its importance "
+            "before fine-tuning (y), coloured by layer; rings mark the counterexamples. A link would show "
+            "as a cloud rising to the right within each colour, not only between colours."
+        )
+        items.append(plots.importance_vs_update(heads, "I_pre", "Urel", cases))
+    return items, res
+
+
+def _shown_path(folder) -> str:
+    """A results folder as the reader would type it: relative to the repository when inside it."""
+    from pathlib import Path
+
+    from ..paths import REPO_ROOT
+
+    path = Path(folder)
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def pair_model_name(res: dict) -> str:
+    """The model a pair's numbers come from, for the chapter's sentences: the released checkpoint's
+    label (real pair) or the project-trained θ0's shape (synthetic pair)."""
+    summary = res["summary"]
+    if summary.get("kind") == "real":
+        from ..modelnames import model_label
+
+        return model_label(res["plan"]["model"])
+    lay = summary["layout"]
+    return f"the project-trained θ0 ({lay['layers']} layers x {lay['heads']} query heads, {lay['kv_heads']} KV groups)"
