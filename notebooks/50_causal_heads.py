@@ -48,6 +48,10 @@ study_seeds = [0, 1, 2]
 study_steps = 300
 study_n_train = 2000
 study_n_eval = 64
+# Seconds per CausalQwen step of batch 16 with every token id a class (the spec's design), measured with
+# `causal study --estimate` on the backbones named (data/results/causal/README.md); quoted beside a saved
+# study that restricts the classes to the templates' token ids (--vocab template).
+study_full_vocab_step_seconds = {"qwen2.5-coder-0.5b": 68.6}
 seed = 0
 
 # %%
@@ -431,6 +435,8 @@ display(
             if study_live
             else "saved in `" + study_dir + "`",
         )
+        + " "
+        + study_report.classes_sentence(study, study_full_vocab_step_seconds.get(study.config.get("model")))
         + " "
         + study_report.rule_sentence()
     )

@@ -127,6 +127,7 @@ class _StubModel(torch.nn.Module):
     """Fixed outputs at every position, to check evaluate's bookkeeping (next-token shift, padding)."""
 
     num_token_id = NUM
+    num_class = NUM  # every token id is a class (no restricted vocabulary)
 
     def __init__(self, out):
         super().__init__()
@@ -135,6 +136,9 @@ class _StubModel(torch.nn.Module):
 
     def forward(self, input_ids, numerical_values=None, attention_mask=None):
         return self.out
+
+    def class_targets(self, input_ids, attention_mask=None):
+        return input_ids
 
 
 def test_evaluate_reads_the_next_token_and_skips_padding():

@@ -103,6 +103,49 @@ def test_a_failed_run_is_moved_aside_and_rerun(tmp_path):
     assert len(list((out / "baseline").glob("seed0.failed-*"))) == 1
 
 
+def test_a_template_vocab_study_runs_resumes_and_never_mixes_with_full(saved, tmp_path):
+    """--vocab template: both arms judge the token ids of the study's texts (recorded in every run), a
+    second call reuses the runs, and a full-vocabulary study's folder refuses it (and the reverse)."""
+    from qwen_anatomy.causal.numtok import NumberTokenizer
+    from qwen_anatomy.loading import load_model
+
+    tmp, full_out, _ = saved
+    out = tmp_path / "template"
+    config = _config(tmp, seeds=[0], vocab="template")
+    result = study.run(config, out, progress=False, log=lambda m: None)
+    assert sorted(result["trained"]) == ["CausalQwen/seed0", "baseline/seed0"]
+    cfg = study.check_config(config)
+    train, evals = study.datasets(cfg)
+    texts = {"train": [e.text for e in train], **{k: [e.text for e in v] for k, v in evals.items()}}
+    numtok = NumberTokenizer(load_model("causal-tiny-lm")[1])
+    expected = study.class_set(numtok, texts, cfg["max_length"])
+    assert numtok.num_token_id in expected and expected == sorted(set(expected))
+    for arm in study.ARMS:
+        ev = json.loads((out / arm / "seed0" / "evaluation.json").read_text())
+        assert ev["classes"] == {"vocab": "template", "count": len(expected), "of": 384, "ids": expected}
+        assert 0 < len(expected) < 384
+        for metrics in ev["sets"].values():  # over the restricted classes, every metric defined
+            assert (
+                0 <= metrics["accuracy"] <= 1 and 0 <= metrics["num_f1"] <= 1 and metrics["n_positions"] > 0
+            )
+    full_ev = json.loads((full_out / "baseline" / "seed0" / "evaluation.json").read_text())
+    assert full_ev["classes"] == {"vocab": "full", "count": 384, "of": 384}
+    s = sr.load_study(out)
+    assert "restricted to the" in sr.classes_sentence(
+        s, 68.6
+    ) and "68.6 s per CausalQwen step" in sr.classes_sentence(s, 68.6)
+    assert (
+        sr.classes_sentence(sr.load_study(full_out))
+        == "Every token id of the backbone is a class (384 ids): the spec's design."
+    )
+    again = study.run(config, out, progress=False, log=lambda m: None)
+    assert again["trained"] == [] and again["cache"] is None
+    with pytest.raises(UserInputError, match=r"another configuration \(vocab 'full' -> 'template'\)"):
+        study.run(_config(tmp, seeds=[0], vocab="template"), full_out, progress=False)
+    with pytest.raises(UserInputError, match=r"another configuration \(vocab 'template' -> 'full'\)"):
+        study.run(_config(tmp, seeds=[0]), out, progress=False)
+
+
 def test_report_of_the_ci_study(saved):
     _, out, _ = saved
     s = sr.load_study(out)
@@ -196,6 +239,8 @@ def test_trimmed_batches_equal_full_width(tmp_path):
         (["--model", "no-such-model"], "no-such-model"),
         (["--set", "steps=5", "--steps", "4"], "already given"),
         (["--set", "n_eval=oops"], "is not JSON"),
+        (["--vocab", "tiny"], "vocab='tiny': use 'full'"),
+        (["--set", 'vocab="some"'], "vocab='some': use 'full'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, tmp_path, extra, words):
@@ -217,13 +262,17 @@ def test_cli_study_runs_then_refuses_another_config(capsys, tmp_path):
     one_line_error(capsys, [*argv[:-6], "--steps", "3", *argv[-6 + 2 :]], "another configuration")
 
 
-def test_estimate_times_both_arms(capsys):
+@pytest.mark.parametrize("vocab", ["full", "template"])
+def test_estimate_times_both_arms(capsys, vocab):
     measured = study.estimate(
-        {"steps": 100, "seeds": [0, 1, 2], "batch_size": 4}, steps=2, log=lambda m: None
+        {"steps": 100, "seeds": [0, 1, 2], "batch_size": 4, "n_train": 50, "n_eval": 4, "vocab": vocab},
+        steps=2,
+        log=lambda m: None,
     )
     for arm in study.ARMS:
         m = measured["arms"][arm]
         assert m["seconds_per_step"] > 0 and m["cache_seconds_per_text"] > 0 and m["tokens_per_batch"] > 0
+        assert (m["classes"] == 384) == (vocab == "full") and m["classes"] > 1
     assert measured["projection"]["total_seconds"] > 0
 
 

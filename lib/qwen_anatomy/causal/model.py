@@ -20,6 +20,16 @@ step 0 the base model's) mean probability of k, floored at ``THRESHOLD_MIN_PROB`
 C_k = m_k - s_k F^-1(max(mean_i softmax(loc_S)_ik, floor)). So at a typical position the P_k sum to
 about 1 at step 0 instead of about V/2 with a scalar C far below the class scales.
 
+Output classes (``classes``): by default every token id is a class (the spec's design). A model built
+with ``classes`` = a sorted list of token ids (the study's ``vocab="template"``) judges only those: the
+class head (and the per-class thresholds, or the baseline's LM head) keeps the rows of those ids,
+copied from the full model's initialisation (so at step 0 its scores are the full model's columns at
+those ids), and every output over classes ([B, T, N], N = ``n_classes``) is indexed by the position of
+an id in ``classes``. :meth:`_NumericFusion.class_targets` maps token ids to those positions (refusing an
+id outside the set) and ``num_class`` is the position of ``<NUM>``; with every id a class both are the
+identity. Softmax and the normalised OvR probabilities are then renormalised over the N classes, and
+measured thresholds read that renormalised softmax (so their P_k sum to about 1 over the N classes).
+
 Precision: the backbone runs in its own dtype (float32, or bfloat16 / float16 when loaded so); the
 heads, their parameters (new embedding rows and the numeric direction included) and the losses are
 always float32, on the backbone's device: z is cast up before the heads, and the new rows and phi(v)
@@ -147,13 +157,16 @@ def phi(values: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
 class _NumericFusion(nn.Module):
     """Token embedding (the backbone's table, plus new rows when it has no spare row) + phi(v)."""
 
-    def _init_fusion(self, backbone: Qwen2ForCausalLM, num_token_id: int, generator: torch.Generator):
+    def _init_fusion(
+        self, backbone: Qwen2ForCausalLM, num_token_id: int, generator: torch.Generator, classes=None
+    ):
         self.backbone = backbone
         self.num_token_id = int(num_token_id)
         h = backbone.config.hidden_size
         table = backbone.model.embed_tokens.weight
         self.base_vocab = table.shape[0]
         self.vocab_size = max(self.base_vocab, self.num_token_id + 1)
+        self._init_classes(classes)
         n_new = self.vocab_size - self.base_vocab
         # a model without spare rows (SmolLM2) gets new rows initialised to the mean embedding
         self.extra_rows = (
@@ -183,6 +196,78 @@ class _NumericFusion(nn.Module):
         out = self.backbone(inputs_embeds=e, attention_mask=attention_mask, logits_to_keep=1)
         return out.last_hidden_state.float()
 
+    def _init_classes(self, classes) -> None:
+        """The output classes: every token id (``classes`` None), or the given sorted, distinct ids, which
+        must hold ``<NUM>``. Sets ``classes`` (a buffer, or None), ``n_classes``, ``num_class`` (the
+        class index of ``<NUM>``) and the id -> class lookup (-1 outside the set)."""
+        if classes is None:
+            self.classes = None
+            self.n_classes = self.vocab_size
+            self.num_class = self.num_token_id
+            return
+        ids = torch.as_tensor(classes, dtype=torch.long).flatten()
+        if ids.numel() == 0:
+            raise UserInputError("classes is empty: give the token ids the model should judge")
+        if bool((ids[1:] <= ids[:-1]).any()):
+            raise UserInputError("classes must be sorted token ids without repeats")
+        if int(ids[0]) < 0 or int(ids[-1]) >= self.vocab_size:
+            raise UserInputError(
+                f"classes holds ids from {int(ids[0])} to {int(ids[-1])}; the model has ids 0..{self.vocab_size - 1}"
+            )
+        where = (ids == self.num_token_id).nonzero()
+        if where.numel() == 0:
+            raise UserInputError(f"classes lacks <NUM> (id {self.num_token_id}): a number must stay a class")
+        self.register_buffer("classes", ids)
+        lookup = torch.full((self.vocab_size,), -1, dtype=torch.long)
+        lookup[ids] = torch.arange(len(ids))
+        self.register_buffer("class_lookup", lookup, persistent=False)
+        self.n_classes = len(ids)
+        self.num_class = int(where[0, 0])
+
+    def class_targets(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Token ids [B, T] as class indices (the ids themselves when every id is a class). Padding
+        (``attention_mask`` 0) becomes class 0, which no loss or metric reads; a real position whose id
+        is not a class is refused (UserInputError naming it)."""
+        if self.classes is None:
+            return input_ids
+        real = (
+            torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        )
+        inside = (input_ids >= 0) & (input_ids < self.vocab_size)
+        mapped = self.class_lookup.to(input_ids.device)[input_ids.clamp(0, self.vocab_size - 1)]
+        mapped = torch.where(inside, mapped, torch.full_like(mapped, -1))
+        bad = real & (mapped < 0)
+        if bool(bad.any()):
+            ids = sorted({int(i) for i in input_ids[bad].tolist()})
+            raise UserInputError(
+                f"token id(s) {ids[:10]}{' ...' if len(ids) > 10 else ''} are not among this model's "
+                f"{self.n_classes} output classes (vocab restricted to the study's token ids); rebuild the "
+                "class set from these texts"
+            )
+        return torch.where(real, mapped, torch.zeros_like(mapped))
+
+    def class_tokens(self, class_index: torch.Tensor) -> torch.Tensor:
+        """Class indices back to token ids (the identity when every id is a class)."""
+        if self.classes is None:
+            return class_index
+        return self.classes.to(class_index.device)[class_index]
+
+    def _restricted_linear(self, full: nn.Linear) -> nn.Linear:
+        """``full`` (one row per token id) cut to the rows of ``classes``: the same values, so the
+        restricted scores equal the full ones at those ids."""
+        if self.classes is None:
+            return full
+        # built on "meta" and then allocated empty: no random init drawn (the global RNG stays untouched)
+        out = nn.Linear(full.in_features, self.n_classes, bias=full.bias is not None, device="meta")
+        out = out.to_empty(device=full.weight.device)
+        with torch.no_grad():
+            out.weight.copy_(full.weight[self.classes])
+            if full.bias is not None:
+                out.bias.copy_(full.bias[self.classes])
+        return out
+
     def _init_num_row(self, head_weight: torch.Tensor) -> None:
         """The head's ``<NUM>`` row as its own parameter, so that training can give the rows copied from
         the base model a smaller learning rate than this new class (see ``pretrained_parameters``).
@@ -190,8 +275,9 @@ class _NumericFusion(nn.Module):
         self.num_class_row = nn.Parameter(head_weight.detach()[self.num_token_id].clone())
 
     def _with_num_row(self, head_weight: torch.Tensor) -> torch.Tensor:
-        """The head matrix [V, C] whose ``<NUM>`` row is ``num_class_row``."""
-        idx = torch.tensor([self.num_token_id], device=head_weight.device)
+        """The head matrix [V, C] (or [N, C] over restricted classes) whose ``<NUM>`` row is
+        ``num_class_row``."""
+        idx = torch.tensor([self.num_class], device=head_weight.device)
         return head_weight.index_copy(0, idx, self.num_class_row[None].to(head_weight.dtype))
 
     def _class_head_from_base(self, base_head: torch.Tensor) -> torch.Tensor:
@@ -214,14 +300,21 @@ def _freeze(backbone: nn.Module, frozen: bool) -> None:
 
 
 class CausalQwen(_NumericFusion):
-    """Abduction + action heads over a Qwen2 backbone. Build with :meth:`from_base`."""
+    """Abduction + action heads over a Qwen2 backbone. Build with :meth:`from_base`. ``classes``: the
+    output classes (None: every token id; see the module docstring)."""
 
-    def __init__(self, backbone: Qwen2ForCausalLM, num_token_id: int, config: CausalConfig | None = None):
+    def __init__(
+        self,
+        backbone: Qwen2ForCausalLM,
+        num_token_id: int,
+        config: CausalConfig | None = None,
+        classes=None,
+    ):
         super().__init__()
         config = (config or CausalConfig()).validate(backbone.config.hidden_size)
         self.config = config
         g = torch.Generator().manual_seed(config.seed)
-        self._init_fusion(backbone, num_token_id, g)
+        self._init_fusion(backbone, num_token_id, g, classes)
         h = backbone.config.hidden_size
         c = config.causal_dim or h
         self.causal_dim = c
@@ -235,7 +328,7 @@ class CausalQwen(_NumericFusion):
             self.threshold_measured = True  # nothing to measure
         else:
             # NaN until calibrate_threshold measures it (or a saved state is loaded): never used unmeasured
-            unmeasured = torch.full((self.vocab_size,), float("nan"))
+            unmeasured = torch.full((self.n_classes,), float("nan"))
             if config.threshold_mode == "per_class":
                 self.register_buffer("threshold", unmeasured)
             else:
@@ -243,14 +336,18 @@ class CausalQwen(_NumericFusion):
             self.threshold_measured = False
             self.register_load_state_dict_post_hook(_threshold_loaded)
         self._initialise(g)
+        # built and initialised over every id (the same random draws), then cut to the classes
+        self.class_head = self._restricted_linear(self.class_head)
         _freeze(backbone, config.freeze_backbone)
         self.to(backbone.device)  # the heads were built on the CPU
 
     @classmethod
-    def from_base(cls, base: Qwen2ForCausalLM, num_token_id: int, config: CausalConfig | None = None):
+    def from_base(
+        cls, base: Qwen2ForCausalLM, num_token_id: int, config: CausalConfig | None = None, classes=None
+    ):
         """Start from a base model: identity abduction, untied copy of its LM head (so loc_S equals the
         base logits at step 0), small regression head, b_noise = 0.1, softplus(b_s) = gamma0."""
-        return cls(base, num_token_id, config)
+        return cls(base, num_token_id, config, classes)
 
     @torch.no_grad()
     def _initialise(self, g: torch.Generator) -> None:
@@ -323,12 +420,12 @@ class CausalQwen(_NumericFusion):
     ) -> torch.Tensor:
         """:meth:`calibrate_threshold` on features z [B, T, H] already computed (a feature cache), over
         the positions where ``real`` [B, T] is true (all when None). Position chunks keep the [N, V]
-        scores small on a large vocabulary."""
+        scores small on a large vocabulary. Over restricted classes the softmax is over those classes."""
         self._check_measurable(min_prob)
         rows = z.reshape(-1, z.shape[-1]) if real is None else z[real.to(z.device)]  # [N, H]
         if rows.shape[0] == 0:
             raise UserInputError("the calibration batch has no real position: give at least one text")
-        sums = torch.zeros(3, self.vocab_size, dtype=torch.float64, device=z.device)
+        sums = torch.zeros(3, self.n_classes, dtype=torch.float64, device=z.device)
         for chunk in rows.split(64):
             _, _, loc_s, scale_s, _, _ = self._scores(chunk)
             sums[0] += loc_s.double().sum(0)
@@ -418,12 +515,18 @@ class BaselineQwen(_NumericFusion):
     FIXED = {"classifier": "softmax", "distribution": "normal", "alpha": 1.0}
     UNUSED = ("causal_dim", "b_noise", "threshold", "threshold_mode", "abduction_init")
 
-    def __init__(self, backbone: Qwen2ForCausalLM, num_token_id: int, config: CausalConfig | None = None):
+    def __init__(
+        self,
+        backbone: Qwen2ForCausalLM,
+        num_token_id: int,
+        config: CausalConfig | None = None,
+        classes=None,
+    ):
         super().__init__()
         config = (config or CausalConfig()).validate()
         self.config = config.replace(**self.FIXED)
         g = torch.Generator().manual_seed(config.seed)
-        self._init_fusion(backbone, num_token_id, g)
+        self._init_fusion(backbone, num_token_id, g, classes)
         h = backbone.config.hidden_size
         self.lm_head = nn.Linear(h, self.vocab_size, bias=False)
         self.reg_head = nn.Linear(h, 2)  # mean, softplus^-1(sigma)
@@ -435,6 +538,7 @@ class BaselineQwen(_NumericFusion):
             self.reg_head.bias.copy_(
                 torch.tensor([0.0, config.gamma0 + math.log(-math.expm1(-config.gamma0))])
             )
+        self.lm_head = self._restricted_linear(self.lm_head)
         _freeze(backbone, config.freeze_backbone)
         self.to(backbone.device)  # the heads were built on the CPU
 

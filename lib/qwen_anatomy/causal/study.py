@@ -25,6 +25,14 @@ arms see the same batches (the same cache rows in the same order) for the same n
   scale and decision). A finished run of the same configuration is reused; a finished run of another
   configuration is refused (choose another ``--out``); a failed or interrupted one is moved aside.
 
+* ``vocab``: "full" (default, the spec's design) judges every token id of the backbone; "template"
+  restricts the output classes of **both** arms to the token ids that occur in the study's training
+  texts and evaluation sets after the number tokenizer (``<NUM>`` included; :func:`class_set`), so a
+  step costs a fraction of the full one-vs-rest head over 151,936 ids. The heads keep those rows of
+  the full initialisation (their step-0 scores are the full model's columns at those ids), and every
+  metric (token accuracy, ``<NUM>`` F1, sum of P_k, ECE, the value metrics) is taken over those classes.
+  Each run's ``evaluation.json`` records the class set (``classes``: vocab, count, ids).
+
 :func:`estimate` times a few cached steps of each arm and projects a study's cost.
 """
 
@@ -49,6 +57,7 @@ STUDY_ROOT = RESULTS_ROOT / "study"
 CACHE_ROOT = REPO_ROOT / "scratch" / "causal-cache"
 ARMS = ("CausalQwen", "baseline")
 ARM_KINDS = {"CausalQwen": "causal", "baseline": "baseline"}
+VOCABS = ("full", "template")
 
 DEFAULTS: dict[str, Any] = {
     "model": "causal-tiny-lm",
@@ -69,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
     "eval_batch": 16,
     "eval_sets": list(EVAL_SETS),
     "arms": list(ARMS),
+    "vocab": "full",  # output classes of both arms: every token id, or the ids of the study's texts
     "causal": {},  # CausalConfig settings of the CausalQwen arm (the baseline reads gamma0, lam, reg_gain)
 }
 # Settings that say where and how, not what: never part of a run's configuration.
@@ -112,6 +122,11 @@ def check_config(config: dict) -> dict:
             continue
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
             raise UserInputError(f"{key}={v!r} must be a finite number > 0")
+    if cfg["vocab"] not in VOCABS:
+        raise UserInputError(
+            f"vocab={cfg['vocab']!r}: use 'full' (every token id is a class) or 'template' (the ids of "
+            "the study's texts)"
+        )
     if cfg["clip"] not in ("per_parameter", "global"):
         raise UserInputError(f"clip={cfg['clip']!r}: use 'per_parameter' or 'global'")
     sets = cfg["eval_sets"]
@@ -239,6 +254,26 @@ def datasets(cfg: dict):
     train = make_examples("train", cfg["n_train"], cfg["data_seed"])
     evals = evaluation_sets(cfg["n_eval"], cfg["eval_seed"])
     return train, {k: evals[k] for k in cfg["eval_sets"]}
+
+
+def class_set(numtok, texts: dict[str, list[str]], max_length: int) -> list[int]:
+    """The sorted token ids that occur in ``texts`` ({split: [text]}) after the number tokenizer, cut
+    at ``max_length`` tokens like the cache, with ``<NUM>`` always among them: the output classes of a
+    ``vocab="template"`` study."""
+    ids = {int(numtok.num_token_id)}
+    for split in texts.values():
+        for text in split:
+            ids.update(numtok.encode(text).input_ids[:max_length])
+    return sorted(ids)
+
+
+def classes_record(cfg: dict, model, classes: list[int] | None) -> dict:
+    """What a run saves about its output classes: ``vocab``, ``count``, ``of`` (the backbone's token
+    ids) and, when restricted, the ``ids``."""
+    record = {"vocab": cfg["vocab"], "count": model.n_classes, "of": model.vocab_size}
+    if classes is not None:
+        record["ids"] = list(classes)
+    return record
 
 
 def _sha(texts: list[str]) -> str:
@@ -369,7 +404,7 @@ def evaluate_cached(model, cache, examples, train_mean: float, batch_size: int =
     full = {k: [] for k in ("pred", "loc", "scale")}
     dist = None
     model.eval()
-    num = model.num_token_id
+    num = model.num_class  # labels and decisions are class indices (token ids unless restricted)
     with torch.no_grad():
         for start in range(0, len(cache), batch_size):
             rows = torch.arange(start, min(start + batch_size, len(cache)))
@@ -378,7 +413,10 @@ def evaluate_cached(model, cache, examples, train_mean: float, batch_size: int =
             out = cached_forward(model, cache, rows, width)
             dist = out.distribution
             labels, valid, _, values = next_token_targets(
-                batch["input_ids"], batch["numerical_values"], batch["attention_mask"], num
+                model.class_targets(batch["input_ids"], batch["attention_mask"]),
+                batch["numerical_values"],
+                batch["attention_mask"],
+                num,
             )
             pred = out.choice().cpu()
             conf = normalised_probabilities(out).gather(-1, pred[..., None].to(out.loc_S.device))[..., 0]
@@ -397,7 +435,7 @@ def evaluate_cached(model, cache, examples, train_mean: float, batch_size: int =
     pred = torch.cat([_pad(x, width) for x in full["pred"]])
     loc = torch.cat([_pad(x, width) for x in full["loc"]])
     scale = torch.cat([_pad(x, width) for x in full["scale"]])
-    rows = number_rows(examples, cache, train_mean, num)
+    rows = number_rows(examples, cache, train_mean, model.num_token_id)
     for r in rows:
         i, p = r["text"], r["position"]
         r.update(
@@ -419,15 +457,19 @@ def _pad(x, width: int):
 
 
 # -- one run ----------------------------------------------------------------------------------------
-def build_model(arm: str, base, numtok, cfg: dict, seed: int):
+def build_model(arm: str, base, numtok, cfg: dict, seed: int, classes: list[int] | None = None):
+    """One arm's model; ``classes`` restricts its output classes (``vocab="template"``)."""
     from .model import BaselineQwen, CausalQwen
 
     cls = CausalQwen if arm == "CausalQwen" else BaselineQwen
-    return cls(base, numtok.num_token_id, causal_config(cfg, arm, seed))
+    return cls(base, numtok.num_token_id, causal_config(cfg, arm, seed), classes)
 
 
-def train_run(entry, cfg, base, numtok, caches, direction, examples, train_mean, log=print) -> dict:
-    """Train and evaluate one (arm, seed) on the caches; writes the run folder. Returns the evaluation."""
+def train_run(
+    entry, cfg, base, numtok, caches, direction, examples, train_mean, log=print, classes=None
+) -> dict:
+    """Train and evaluate one (arm, seed) on the caches; writes the run folder. Returns the evaluation.
+    ``classes``: the output classes of a ``vocab="template"`` study (None: every token id)."""
     import torch
 
     from ..runrecord import RunRecord, atomic_write_json
@@ -447,7 +489,7 @@ def train_run(entry, cfg, base, numtok, caches, direction, examples, train_mean,
     try:
         with RunRecord(folder / "run_record.json", command, {"config": entry["config"]}, seed=seed) as rec:
             torch.manual_seed(seed)
-            model = build_model(arm, base, numtok, cfg, seed)
+            model = build_model(arm, base, numtok, cfg, seed, classes)
             set_fusion(model, direction)
             freeze_fusion(model)
             if cfg["train_layers"]:
@@ -486,6 +528,7 @@ def train_run(entry, cfg, base, numtok, caches, direction, examples, train_mean,
                 "train_seconds": round(train_seconds, 2),
                 "eval_seconds": round(eval_seconds, 2),
                 "seconds_per_step": round(train_seconds / cfg["steps"], 4),
+                "classes": classes_record(cfg, model, classes),
                 "sets": sets,
                 "numbers": _columns(numbers),
             }
@@ -563,7 +606,10 @@ def run(
         numtok = NumberTokenizer(tok)
         texts = {"train": [e.text for e in train_examples]}
         texts.update({k: [e.text for e in v] for k, v in examples.items()})
-        probe = build_model(todo[0]["arm"], base, numtok, {**cfg}, cfg["fusion_seed"])
+        classes = class_set(numtok, texts, cfg["max_length"]) if cfg["vocab"] == "template" else None
+        if classes is not None:
+            log(f"output classes: the {len(classes)} token ids of the study's texts (vocab template)")
+        probe = build_model(todo[0]["arm"], base, numtok, {**cfg}, cfg["fusion_seed"], classes)
         caches, key = load_or_build_cache(
             probe, numtok, cfg, model_path, texts, cfg.get("cache_dir") or CACHE_ROOT, progress, log
         )
@@ -574,7 +620,7 @@ def run(
         for entry in bar:
             if hasattr(bar, "set_postfix_str"):
                 bar.set_postfix_str(f"{entry['arm']} seed {entry['seed']}")
-            train_run(entry, cfg, base, numtok, caches, direction, examples, train_mean, log)
+            train_run(entry, cfg, base, numtok, caches, direction, examples, train_mean, log, classes)
             result["trained"].append(f"{entry['arm']}/seed{entry['seed']}")
         del base
     for e in entries:
@@ -615,8 +661,14 @@ def estimate(
     n_layers = len(base.model.layers)
     start = n_layers - cfg["train_layers"]
     measured = {"load_seconds": round(load_seconds, 2), "steps_timed": steps - 1, "arms": {}}
+    classes = None
+    if cfg["vocab"] == "template":  # the whole study's class set (tokenising its texts takes seconds)
+        train_examples, eval_examples = datasets(cfg)
+        split_texts = {"train": [e.text for e in train_examples]}
+        split_texts.update({k: [e.text for e in v] for k, v in eval_examples.items()})
+        classes = class_set(numtok, split_texts, cfg["max_length"])
     for arm in cfg["arms"]:
-        model = build_model(arm, base, numtok, cfg, cfg["seeds"][0])
+        model = build_model(arm, base, numtok, cfg, cfg["seeds"][0], classes)
         freeze_fusion(model)
         t0 = time.perf_counter()
         cache = build_cache(model, numtok, texts, cfg["max_length"], start, cfg["eval_batch"], progress=False)
@@ -650,6 +702,7 @@ def estimate(
             "eval_seconds_per_text": round(eval_per_text, 6),
             "cache_seconds_per_text": round(cache_per_text, 6),
             "tokens_per_batch": int(cache.attention_mask[: cfg["batch_size"]].sum()),
+            "classes": model.n_classes,
         }
         log(f"{arm}: {per_step:.2f} s per step of batch {cfg['batch_size']}")
         del model, cache
@@ -685,8 +738,11 @@ def project_sentence(cfg: dict, projection: dict, session_hours: float = 3.0) ->
         for arm, a in projection["arms"].items()
     )
     sessions = math.ceil(projection["total_seconds"] / (session_hours * 3600))
+    vocab = (
+        "every token id a class" if cfg["vocab"] == "full" else "classes restricted to the texts' token ids"
+    )
     return (
-        f"{cfg['model']}, {len(cfg['seeds'])} seeds x {cfg['steps']} steps of batch {cfg['batch_size']}: "
+        f"{cfg['model']} ({vocab}), {len(cfg['seeds'])} seeds x {cfg['steps']} steps of batch {cfg['batch_size']}: "
         f"about {projection['total_hours']:.2f} h in all (cache {projection['cache_seconds'] / 60:.1f} min; "
         f"{parts}), {sessions} session(s) of {session_hours:g} h."
     )

@@ -534,6 +534,40 @@ def study_description(study: Study, source: str | None = None) -> str:
     )
 
 
+def classes_of(study: Study) -> dict:
+    """The output classes the runs judged (``vocab``, ``count``, ``of``, and ``ids`` when restricted),
+    from their evaluations; UserInputError if the runs disagree (they cannot when their configurations
+    agree: the class set follows from the texts)."""
+    seen = {json.dumps(ev.get("classes"), sort_keys=True) for ev in study.runs.values()}
+    if len(seen) > 1:
+        raise UserInputError(f"the runs of {study.path} judged different class sets: move the odd ones away")
+    found = json.loads(seen.pop()) if seen else None
+    return found or {"vocab": study.config.get("vocab", "full")}
+
+
+def classes_sentence(study: Study, full_vocab_seconds: float | None = None) -> str:
+    """What the runs' output classes were, in words. With a restricted (template) class set it says
+    what that changes; ``full_vocab_seconds``, when given, is the measured seconds of one CausalQwen step
+    with every token id a class, on the same backbone and batch."""
+    c = classes_of(study)
+    if c.get("vocab") != "template":
+        of = f" ({c['count']:,} ids)" if c.get("count") else ""
+        return f"Every token id of the backbone is a class{of}: the spec's design."
+    cost = (
+        f" The full-vocabulary design costs {full_vocab_seconds:.3g} s per CausalQwen step of batch "
+        f"{study.config.get('batch_size')} here, which is why the study restricts the classes."
+        if full_vocab_seconds is not None
+        else ""
+    )
+    return (
+        f"The output classes of both arms are restricted to the {c['count']} token ids the templates use "
+        f"(of {c['of']:,}; `<NUM>` among them), taken from the training and evaluation texts. The heads keep "
+        "those rows of the full model, so at step 0 their scores are the full model's at those ids; but token "
+        "accuracy, `<NUM>` F1, the sum of the P_k and the calibration error are over these classes only, and "
+        "the softmax of the baseline (and CausalQwen's compatible mode) is renormalised over them." + cost
+    )
+
+
 def rule_sentence() -> str:
     return (
         f"Intervals are {CONFIDENCE:.0%} t-intervals over seeds on fixed evaluation texts. An arm beats a trivial "

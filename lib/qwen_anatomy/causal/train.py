@@ -49,7 +49,9 @@ def batches(numtok: NumberTokenizer, texts: list[str], batch_size: int, max_leng
 
 @torch.no_grad()
 def health(out: CausalOutput, batch: dict, num_token_id: int) -> dict[str, float]:
-    """Median scale of U, median sum_k P_k, and <NUM> accuracy at positions whose label is <NUM>."""
+    """Median scale of U, median sum_k P_k, and <NUM> accuracy at positions whose label is <NUM>.
+    ``batch["input_ids"]`` and ``num_token_id`` are class indices (token ids unless the model's classes
+    are restricted: :meth:`qwen_anatomy.causal.model._NumericFusion.class_targets`)."""
     labels, valid, is_num, _ = next_token_targets(
         batch["input_ids"], batch["numerical_values"], batch["attention_mask"], num_token_id
     )
@@ -158,12 +160,15 @@ def _fit(
     for step in range(steps + 1):
         batch = first if step == 0 else next(stream)
         out = forward(batch)
+        # the loss and the health log read the next tokens as class indices (the ids themselves unless
+        # the model's output classes are restricted)
+        targets = {**batch, "input_ids": model.class_targets(batch["input_ids"], batch["attention_mask"])}
         parts = gated_loss(
             out,
-            batch["input_ids"],
+            targets["input_ids"],
             batch["numerical_values"],
             batch["attention_mask"],
-            model.num_token_id,
+            model.num_class,
             alpha=cfg.alpha,
             lam=cfg.lam,
             classifier=cfg.classifier,
@@ -172,7 +177,7 @@ def _fit(
             row = {
                 "step": step,
                 **{k: float(v.detach()) for k, v in parts.items()},
-                **health(out, batch, model.num_token_id),
+                **health(out, targets, model.num_class),
             }
             row["seconds"] = round(time.perf_counter() - t0, 2)
             log.append(row)
@@ -260,7 +265,7 @@ def predict(
             out.loc_U, out.scale_U, generator=generator, dist=model.config.distribution, eps=eps
         )
         scores, value = model.actions_from_u(u)
-        return scores.argmax(-1), value, torch.zeros_like(value)
+        return model.class_tokens(scores.argmax(-1)), value, torch.zeros_like(value)
     if mode == "compatible":
         if temperature == 0:
             token = out.loc_S.argmax(-1)
@@ -269,8 +274,8 @@ def predict(
             # drawn on the CPU, where the seeded generator lives
             token = torch.multinomial(p.reshape(-1, p.shape[-1]).cpu(), 1, generator=generator)
             token = token.reshape(p.shape[:-1]).to(p.device)
-        return token, out.loc_Y, out.scale_Y
-    return out.choice(), out.loc_Y, out.scale_Y
+        return model.class_tokens(token), out.loc_Y, out.scale_Y
+    return model.class_tokens(out.choice()), out.loc_Y, out.scale_Y
 
 
 @torch.no_grad()
@@ -432,7 +437,7 @@ def evaluate(
     probabilities of the model's decisions (10 equal-width bins).
     """
     texts = check_dataset(texts, "evaluation set")
-    num = model.num_token_id
+    num = model.num_class  # labels and decisions are class indices (token ids unless restricted)
     keys = ("labels", "pred", "compat", "confidence", "loc_y", "scale_y", "values")
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     dist = None
@@ -442,7 +447,10 @@ def evaluate(
         out = model(batch["input_ids"], batch["numerical_values"], batch["attention_mask"])
         dist = out.distribution
         labels, valid, _, values = next_token_targets(
-            batch["input_ids"], batch["numerical_values"], batch["attention_mask"], num
+            model.class_targets(batch["input_ids"], batch["attention_mask"]),
+            batch["numerical_values"],
+            batch["attention_mask"],
+            num,
         )
         pred = out.choice()
         conf = normalised_probabilities(out).gather(-1, pred[..., None])[..., 0]

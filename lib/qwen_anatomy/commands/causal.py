@@ -201,6 +201,14 @@ def _study_parser(sub) -> None:
         help="top backbone layers fine-tuned on the cache (0: heads only, the default)",
     )
     st.add_argument("--data-seed", type=non_negative_int, default=None, help="seed of the training texts (0)")
+    st.add_argument(
+        "--vocab",
+        default=None,
+        metavar="{full,template}",  # checked by causal.study.check_config (one line, exit 2)
+        help="output classes of both arms: every token id (full, the default: the spec's design) or only "
+        "the ids of the study's texts, <NUM> included (template: a step costs a fraction, and every metric "
+        "is over those classes)",
+    )
     st.add_argument("--log-every", type=positive_int, default=None)
     st.add_argument("--eval-batch", type=positive_int, default=None)
     st.add_argument(
@@ -244,6 +252,7 @@ STUDY_FLAGS = {
     "max_length": "max_length",
     "train_layers": "train_layers",
     "data_seed": "data_seed",
+    "vocab": "vocab",
     "log_every": "log_every",
     "eval_batch": "eval_batch",
 }
