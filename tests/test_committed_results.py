@@ -75,7 +75,8 @@ def test_every_yaml_csv_and_npz_file_loads():
 # -- chapter 30: the task sweep ------------------------------------------------------------------------
 def test_task_sweep_loads_every_run_with_finite_metrics():
     results, curves = load_committed(TASKS)
-    on_disk = sorted(p.parent for p in TASKS.glob("*/seed*/evaluation.json"))
+    # both layouts: the first build's <config>/seed<k>/ and the length sweep's <config>/n<n>/seed<k>/
+    on_disk = sorted(p.parent for g in ("*/seed*", "*/n*/seed*") for p in TASKS.glob(f"{g}/evaluation.json"))
     assert len(results) == len(on_disk) == len(curves), "a run on disk is not read by the chapter"
     for folder in on_disk:
         run = load_run(folder)  # evaluation, curves and a run record that says success
@@ -86,12 +87,12 @@ def test_task_sweep_loads_every_run_with_finite_metrics():
         assert all(finite(r["loss"]) for r in run["curves"]["loss"]), folder
         assert run["curves"]["exact_match"], f"{folder}: no exact-match check during training"
     # every config has the same seeds, and every task both orders
-    seeds = results.groupby("config")["seed"].apply(lambda s: tuple(sorted(s)))
+    seeds = results.groupby(["config", "n"])["seed"].apply(lambda s: tuple(sorted(s)))
     assert seeds.nunique() == 1, seeds.to_dict()
-    assert (results.groupby("task")["order"].nunique() == 2).all()
+    assert (results.groupby(["task", "n"])["order"].nunique() == 2).all(), "a length with one order only"
     summary = json.loads((TASKS / "summary.json").read_text())
-    assert {(r["config"], r["seed"]) for r in summary["all_runs"]} == set(
-        zip(results["config"], results["seed"], strict=True)
+    assert {(r["config"], r["n"], r["seed"]) for r in summary["all_runs"]} == set(
+        zip(results["config"], results["n"], results["seed"], strict=True)
     )
 
 
