@@ -166,3 +166,18 @@ def test_bad_class_sets_are_refused(tiny, classes, words):
         classes = [c for c in classes if c != numtok.num_token_id]
     with pytest.raises(UserInputError, match=words):
         CausalQwen(base, numtok.num_token_id, classes=classes)
+
+
+def test_a_diverged_run_stops_with_a_clear_error(tiny):
+    """A NaN loss stops training at the step it appears (naming it), instead of training on and
+    scoring a broken model."""
+    from qwen_anatomy.causal.train import TrainingDiverged
+
+    base, numtok, cache, direction = tiny
+    model = BaselineQwen(base, numtok.num_token_id, CausalConfig())
+    with torch.no_grad():
+        model.num_direction.copy_(direction)
+        model.reg_head.bias.fill_(float("nan"))
+    freeze_fusion(model)
+    with pytest.raises(TrainingDiverged, match="diverged at step 0: loss nan"):
+        train_on_cache(model, cache, 3, 4, 1e-2, seed=0, log_every=1)

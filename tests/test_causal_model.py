@@ -82,6 +82,24 @@ def test_gated_loss_softmax_and_normal_paths_differ():
     assert float(normal["reg"]) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("dist", ["normal", "cauchy"])
+def test_a_scale_of_zero_where_no_number_comes_keeps_every_gradient_finite(dist):
+    """The regression NLL is masked to the number positions, and so is its gradient: a scale that
+    underflowed to 0 at a position whose next token is not a number (the baseline's Normal sigma did,
+    on Qwen2.5) must not send NaN back through torch.where. The loss is the one with a sane scale there."""
+    out, ids, vals = _two_position_output(dist)
+    loc = torch.tensor([[3.0, 7.0, 0.0]], requires_grad=True)
+    scale = torch.tensor([[2.0, 0.0, 0.0]], requires_grad=True)  # 0 at positions 1 and 2: no number next
+    broken = CausalOutput(None, None, None, out.loc_S, None, out.probs, loc, scale, dist)
+    parts = gated_loss(broken, ids, vals, None, num_token_id=2)
+    parts["loss"].backward()
+    assert torch.isfinite(loc.grad).all() and torch.isfinite(scale.grad).all()
+    assert loc.grad[0, 1] == 0 and scale.grad[0, 1] == 0  # no loss term reads position 1
+    assert float(parts["loss"].detach()) == pytest.approx(
+        float(gated_loss(out, ids, vals, None, 2)["loss"]), rel=1e-6
+    )
+
+
 def test_padding_and_last_position_are_ignored():
     out, ids, vals = _two_position_output()
     mask = torch.tensor([[1, 1, 0]])  # position 1's label is padding: only position 0 counts

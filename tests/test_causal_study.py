@@ -372,6 +372,11 @@ def test_pit_and_coverage_by_hand():
     assert sr.pit(2.0, 2.0, 0.0, "cauchy") == 0.5 and sr.pit(3.0, 2.0, 0.0, "normal") == 1.0
     # |u - 1/2| = 0, 0.25, 0.4, 0.49
     assert sr.coverage_curve([0.5, 0.75, 0.9, 0.99], (0.5, 0.9, 0.99)) == [0.5, 0.75, 1.0]
+    # a broken prediction (NaN location or scale) is never counted as covered
+    assert np.isnan(sr.pit(1.0, float("nan"), 1.0, "normal")) and np.isnan(
+        sr.pit(1.0, 0.0, float("nan"), "cauchy")
+    )
+    assert sr.coverage_curve([0.5, float("nan")], (0.5,)) == [0.5]
     assert sr.calibration_error([0.5, 0.75], (0.5, 0.9)) == pytest.approx(0.075)
 
 

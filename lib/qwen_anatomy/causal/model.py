@@ -644,7 +644,15 @@ def gated_loss(
     else:
         per_pos = F.cross_entropy(out.loc_S.transpose(1, 2), labels, reduction="none")
     cls_loss = (per_pos * valid).sum() / n_valid
-    nll = cauchy.nll(values, out.loc_Y, out.scale_Y, out.distribution)
+    # The NLL at the positions that are not numbers is masked out, but its gradient is not: where the
+    # masked branch is infinite (a Normal sigma that underflowed to 0 at a position no loss reads),
+    # torch.where passes 0 * inf = NaN back to the head. Safe inputs there keep every gradient finite
+    # (the baseline's regression head went NaN after 150 steps on Qwen2.5 without them).
+    safe_loc = torch.where(is_num, out.loc_Y, torch.zeros_like(out.loc_Y))
+    safe_scale = torch.where(is_num, out.scale_Y, torch.ones_like(out.scale_Y))
+    nll = cauchy.nll(
+        torch.where(is_num, values, torch.zeros_like(values)), safe_loc, safe_scale, out.distribution
+    )
     p_num = out.probs[..., num_token_id].detach()
     gate = is_num.float() * (alpha + (1 - alpha) * p_num)
     reg_loss = (gate * torch.where(is_num, nll, torch.zeros_like(nll))).sum() / n_num

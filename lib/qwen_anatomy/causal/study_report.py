@@ -367,14 +367,15 @@ def detection_sentence(study: Study, set_name: str = "qa") -> str:
 # -- calibration ------------------------------------------------------------------------------------
 def pit(value, loc, scale, dist) -> np.ndarray:
     """F(v) under Cauchy(loc, scale) or Normal(loc, scale) (``dist`` per row or one string); a zero
-    scale gives 0 or 1 (1/2 when v equals loc)."""
+    scale gives 0 or 1 (1/2 when v equals loc). A NaN location or scale (a broken prediction) gives NaN,
+    which :func:`coverage_curve` counts as not covered."""
     from scipy.special import ndtr
 
     v, m, s = (np.asarray(x, dtype=np.float64) for x in (value, loc, scale))
     dist = np.broadcast_to(np.asarray(dist, dtype=object), v.shape)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = (v - m) / s
-    z = np.where(np.isnan(z), 0.0, z)
+    z = np.where((v == m) & (s == 0), 0.0, z)  # 0/0: the truth sits on a point prediction
     cauchy = 0.5 + np.arctan(z) / np.pi
     normal = ndtr(z)
     return np.where(dist == "cauchy", cauchy, normal)

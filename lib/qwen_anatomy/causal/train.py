@@ -132,6 +132,11 @@ def _check_schedule(steps, lr, lr_pretrained, clip) -> None:
             raise UserInputError(f"{name}={value!r} must be a finite number > 0")
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the run stops there instead of training and scoring a broken
+    model (its run record is marked failed)."""
+
+
 def _fit(
     model, stream, forward, calibrate, steps, lr, lr_pretrained, seed, log_every, on_log, clip
 ) -> list[dict]:
@@ -173,6 +178,12 @@ def _fit(
             lam=cfg.lam,
             classifier=cfg.classifier,
         )
+        if not torch.isfinite(parts["loss"]):
+            raise TrainingDiverged(
+                f"training diverged at step {step}: loss {float(parts['loss'])} "
+                f"(classification {float(parts['cls'])}, regression {float(parts['reg'])}); "
+                "lower the learning rate (--lr) or gamma0, and report it if it persists"
+            )
         if step % log_every == 0 or step == steps:
             row = {
                 "step": step,
