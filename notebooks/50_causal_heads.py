@@ -48,10 +48,10 @@ study_seeds = [0, 1, 2]
 study_steps = 300
 study_n_train = 2000
 study_n_eval = 64
-# Seconds per CausalQwen step of batch 16 with every token id a class (the spec's design), measured with
-# `causal study --estimate` on the backbones named (data/results/causal/README.md); quoted beside a saved
-# study that restricts the classes to the templates' token ids (--vocab template).
-study_full_vocab_step_seconds = {"qwen2.5-coder-0.5b": 68.6}
+# Saved `causal study --vocab full --estimate --estimate-out` measurements (one folder per backbone,
+# <model>-full; data/results/causal/README.md): the cost of a step with every token id a class, quoted
+# beside a saved study that restricts the classes to the templates' token ids (--vocab template).
+study_estimates_dir = "data/results/causal/estimates"
 seed = 0
 
 # %%
@@ -436,7 +436,9 @@ display(
             else "saved in `" + study_dir + "`",
         )
         + " "
-        + study_report.classes_sentence(study, study_full_vocab_step_seconds.get(study.config.get("model")))
+        + study_report.classes_sentence(
+            study, study_report.full_vocab_step_seconds(study, REPO_ROOT / study_estimates_dir)
+        )
         + " "
         + study_report.rule_sentence()
     )

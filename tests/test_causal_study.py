@@ -276,6 +276,34 @@ def test_estimate_times_both_arms(capsys, vocab):
     assert measured["projection"]["total_seconds"] > 0
 
 
+def test_estimate_out_saves_a_quotable_measurement_and_never_overwrites_it(capsys, tmp_path):
+    """--estimate-out writes estimate.json beside a run record; the chapter reads the CausalQwen step
+    time from it only for the study's backbone, batch size and the full vocabulary."""
+    from qwen_anatomy.cli import main
+
+    root = tmp_path / "estimates"
+    out = sr.full_vocab_estimate_dir("causal-tiny-lm", root)
+    argv = ["causal", "study", "--estimate", "--estimate-steps", "2", "--batch-size", "4", "--n-train", "8"]
+    argv += ["--n-eval", "2", "--estimate-out", str(out)]
+    assert main(argv) == 0
+    assert f"estimate saved in {out / study.ESTIMATE_FILE}" in capsys.readouterr().out
+    record = json.loads((out / "run_record.json").read_text())
+    saved = study.read_estimate(out)
+    assert record["status"] == "success" and saved["config"]["vocab"] == "full"
+    seconds = saved["measured"]["arms"]["CausalQwen"]["seconds_per_step"]
+    assert study.estimate_step_seconds(out) == seconds > 0
+    same = sr.Study({"model": "causal-tiny-lm", "batch_size": 4}, tmp_path, {}, {}, {})
+    assert sr.full_vocab_step_seconds(same, root) == seconds
+    other_batch = sr.Study({"model": "causal-tiny-lm", "batch_size": 16}, tmp_path, {}, {}, {})
+    other_model = sr.Study({"model": "smollm2-135m", "batch_size": 4}, tmp_path, {}, {}, {})
+    assert sr.full_vocab_step_seconds(other_batch, root) is None
+    assert sr.full_vocab_step_seconds(other_model, root) is None
+    before = (out / study.ESTIMATE_FILE).read_bytes()
+    one_line_error(capsys, argv, "already holds estimate.json")
+    assert (out / study.ESTIMATE_FILE).read_bytes() == before
+    one_line_error(capsys, [a for a in argv if a != "--estimate"], "give it together with --estimate")
+
+
 # -- hand-computed statistics ------------------------------------------------------------------------
 T975_2 = 4.302652729911275  # scipy.stats.t.ppf(0.975, 2)
 

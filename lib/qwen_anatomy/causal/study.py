@@ -632,12 +632,37 @@ def run(
 
 # -- the cost ---------------------------------------------------------------------------------------
 def estimate(
-    config: dict, steps: int = 3, n_texts: int | None = None, device="cpu", dtype="float32", log=print
+    config: dict,
+    steps: int = 3,
+    n_texts: int | None = None,
+    device="cpu",
+    dtype="float32",
+    log=print,
+    out: str | Path | None = None,
 ) -> dict:
     """Time the study's own path on this machine: build a cache of ``n_texts`` training texts (default: one
-    batch), train each
-    arm ``steps`` cached steps (the first left out as warm-up) and evaluate it on the same cache; then
-    project the whole study (:func:`project`). Writes nothing but the timing's temporary cache in memory."""
+    batch), train each arm ``steps`` cached steps (the first left out as warm-up) and evaluate it on the
+    same cache; then project the whole study (:func:`project`). Writes nothing unless ``out`` is given:
+    then ``out/estimate.json`` (``{"config", "measured"}``) beside ``out/run_record.json``, never over an
+    earlier estimate (:func:`check_estimate_out`)."""
+    if out is None:
+        return _estimate(config, steps, n_texts, device, dtype, log)
+    from ..runrecord import RunRecord, atomic_write_json
+
+    out = check_estimate_out(out)
+    cfg = check_config(config)
+    out.mkdir(parents=True, exist_ok=True)
+    command = (
+        f"qwen-anatomy causal study --estimate --estimate-steps {steps} (every setting in parameters.config)"
+    )
+    with RunRecord(out / "run_record.json", command, {"config": cfg, "estimate_steps": steps}) as rec:
+        with rec.stage("estimate"):
+            measured = _estimate(cfg, steps, n_texts, device, dtype, log)
+        atomic_write_json(out / ESTIMATE_FILE, {"config": cfg, "measured": measured})
+    return measured
+
+
+def _estimate(config, steps, n_texts, device, dtype, log) -> dict:
     import torch
 
     from ..devices import resolve
@@ -708,6 +733,43 @@ def estimate(
         del model, cache
     measured["projection"] = project(cfg, measured)
     return measured
+
+
+ESTIMATE_FILE = "estimate.json"
+ESTIMATE_ROOT = RESULTS_ROOT / "estimates"
+
+
+def check_estimate_out(out: str | Path) -> Path:
+    """Refuses (one line) a folder that already holds a saved estimate: estimates are never overwritten."""
+    out = Path(out)
+    if (out / ESTIMATE_FILE).exists():
+        raise UserInputError(
+            f"--estimate-out {out}: it already holds {ESTIMATE_FILE}; choose a new folder or delete it first"
+        )
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--estimate-out {out}: it is a file; give a folder")
+    return out
+
+
+def read_estimate(path: str | Path) -> dict | None:
+    """A saved estimate (``estimate.json`` in ``path``, written by ``causal study --estimate
+    --estimate-out``): ``{"config", "measured"}``; None when the folder holds none or its run did not
+    finish."""
+    folder = Path(path)
+    record = folder / "run_record.json"
+    if not (folder / ESTIMATE_FILE).is_file() or not record.is_file():
+        return None
+    if json.loads(record.read_text()).get("status") != "success":
+        return None
+    return json.loads((folder / ESTIMATE_FILE).read_text())
+
+
+def estimate_step_seconds(path: str | Path, arm: str = "CausalQwen") -> float | None:
+    """Seconds per training step of ``arm`` in a saved estimate (None when there is none)."""
+    saved = read_estimate(path)
+    if saved is None or arm not in saved["measured"]["arms"]:
+        return None
+    return float(saved["measured"]["arms"][arm]["seconds_per_step"])
 
 
 def project(cfg: dict, measured: dict) -> dict:

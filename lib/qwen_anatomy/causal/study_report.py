@@ -546,6 +546,35 @@ def classes_of(study: Study) -> dict:
     return found or {"vocab": study.config.get("vocab", "full")}
 
 
+def full_vocab_estimate_dir(model: str, root: str | Path | None = None) -> Path:
+    """Where the saved full-vocabulary estimate of ``model`` lives: ``ROOT/<model>-full`` (ROOT default
+    ``data/results/causal/estimates``; written by ``causal study --vocab full --estimate --estimate-out``)."""
+    from .study import ESTIMATE_ROOT
+
+    return Path(root or ESTIMATE_ROOT) / f"{model}-full"
+
+
+def full_vocab_step_seconds(study: Study, root: str | Path | None = None) -> float | None:
+    """Measured seconds of one CausalQwen step with every token id a class, on the study's backbone and
+    batch size, from a saved estimate; None when none is saved or it measured another setting."""
+    from .study import read_estimate
+
+    model = study.config.get("model")
+    if not model:
+        return None
+    saved = read_estimate(full_vocab_estimate_dir(model, root))
+    if saved is None:
+        return None
+    cfg = saved["config"]
+    same = (cfg.get("model"), cfg.get("vocab"), cfg.get("batch_size")) == (
+        model,
+        "full",
+        study.config.get("batch_size"),
+    )
+    arm = saved["measured"]["arms"].get("CausalQwen")
+    return float(arm["seconds_per_step"]) if same and arm else None
+
+
 def classes_sentence(study: Study, full_vocab_seconds: float | None = None) -> str:
     """What the runs' output classes were, in words. With a restricted (template) class set it says
     what that changes; ``full_vocab_seconds``, when given, is the measured seconds of one CausalQwen step

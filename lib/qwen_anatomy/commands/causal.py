@@ -235,6 +235,13 @@ def _study_parser(sub) -> None:
     st.add_argument(
         "--estimate-steps", type=positive_int, default=3, help="steps timed per arm (the first is warm-up)"
     )
+    st.add_argument(
+        "--estimate-out",
+        type=Path,
+        default=None,
+        help="with --estimate: also save the measurement as DIR/estimate.json with its run record (a new "
+        "folder; an existing estimate is never overwritten), so a chapter can quote it",
+    )
     st.add_argument("--no-progress", action="store_true", help="no progress bars")
     _precision_flags(st)
     st.set_defaults(func=cmd_study)
@@ -292,13 +299,24 @@ def cmd_study(args) -> int:
     config = _study_config(args)
     cfg = study.check_config(config)
     resolve(args.device, args.dtype)
+    if args.estimate_out is not None and not args.estimate:
+        raise UserInputError("--estimate-out saves an estimate: give it together with --estimate")
     if args.estimate:
         study.check_model(cfg["model"])
+        if args.estimate_out is not None:
+            study.check_estimate_out(args.estimate_out)
         measured = study.estimate(
-            cfg, args.estimate_steps, device=args.device, dtype=args.dtype, log=lambda m: print(m, flush=True)
+            cfg,
+            args.estimate_steps,
+            device=args.device,
+            dtype=args.dtype,
+            log=lambda m: print(m, flush=True),
+            out=args.estimate_out,
         )
         print(json.dumps(measured, indent=2))
         print(study.project_sentence(cfg, measured["projection"]))
+        if args.estimate_out is not None:
+            print(f"estimate saved in {args.estimate_out / study.ESTIMATE_FILE}")
         return 0
     out = args.out or study.STUDY_ROOT
     study.plan(cfg, out)  # refuses a finished run of another configuration before anything loads
