@@ -49,19 +49,21 @@ real_pair_dir = "data/results/heads/smollm2-stdlib"  # the real pair (SmolLM2 fi
 model = "qwen2.5-coder-0.5b"  # the real model of the last section: built-in name, directory or .gguf
 real_examples = 12  # standard-library docstrings used as real English text
 real_tokens = 40  # tokens per text
-real_ablate_heads = 30  # heads truly ablated (spread over the layers); gradients cover every head
+real_ablate_heads = (
+    48  # heads truly ablated (stratified: an equal share per layer); gradients cover every head
+)
 seed = 0
 
 # %%
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
 from qwen_anatomy.heads import plots, realpair, report, synthetic
+from qwen_anatomy.heads.ablation import stratified_heads
 from qwen_anatomy.heads.agreement import agreement_table, measured_agreement
 from qwen_anatomy.heads.analysis import PROXY_LABELS, compute_stats, head_table, measure
 from qwen_anatomy.heads.core import head_layout
@@ -291,7 +293,8 @@ for item in items:  # a figure shows itself at the end of the cell, after its se
 # Here the model is a released checkpoint (`model`) rather than θ0, and there is no θ1, so the question is narrower: do the gradient proxies, which cost one forward
 # and one backward pass for *all* heads, rank heads the way true ablation does? The text is real
 # English installed offline: the docstrings of Python standard-library modules. True zero ablation is
-# run for a subset of heads, one or more per layer, chosen at random with the notebook's seed.
+# run for a stratified subset of heads (`ablation.stratified_heads`: an equal share of every layer,
+# drawn at random with the notebook's seed); each ρ carries a bootstrap interval over the texts.
 
 # %% tags=["hide-input"]
 real, real_tok = load_model(model)
@@ -305,19 +308,23 @@ display(
         f"N = {rlay.n_heads_total} heads."
     )
 )
-rng = np.random.default_rng(seed)
-per_layer = int(np.ceil(real_ablate_heads / rlay.num_layers))
-chosen = []
-for layer in np.linspace(0, rlay.num_layers - 1, min(real_ablate_heads, rlay.num_layers)).round().astype(int):
-    for h in rng.choice(rlay.num_heads, size=per_layer, replace=False):
-        chosen.append(int(layer) * rlay.num_heads + int(h))
-chosen = sorted(set(chosen))[:real_ablate_heads]
+chosen = stratified_heads(rlay, min(real_ablate_heads, rlay.n_heads_total), seed=seed)
 rm = measure(real, rbatch, "zero", heads=chosen, groups=False, batch_size=8, replicas=9)
 rstats = compute_stats(rm, n_perm=n_perm, n_boot=n_boot, seed=seed)
 print(f"{len(rbatch)} texts x ≤ {real_tokens} tokens; baseline loss {rm.loss.mean():.3f} nats/token")
 print(f"gradient proxies for all {rlay.n_heads_total} heads; true ablation for {len(chosen)} heads")
 rvalid = pd.DataFrame(rstats["proxy_validity"])[
-    ["proxy", "n", "rho", "p_perm", "rho_within_layer_demeaned", "topk_overlap", "topk_chance"]
+    [
+        "proxy",
+        "n",
+        "rho",
+        "ci_low",
+        "ci_high",
+        "p_perm",
+        "rho_within_layer_demeaned",
+        "topk_overlap",
+        "topk_chance",
+    ]
 ]
 rvalid["proxy"] = rvalid["proxy"].map(PROXY_LABELS)
 display(rvalid)

@@ -199,6 +199,30 @@ def test_without_a_seed_the_first_examples_are_recorded(pair):
     assert rec["seed"] is None and rec["indices"] == [0, 1, 2] and rec["pool_size"] == 10
 
 
+def test_proxy_validity_carries_the_bootstrap_interval_of_its_own_pair():
+    """Each proxy-validity row's interval is the percentile bootstrap over examples of ρ(proxy, I),
+    the same resamples as the pair intervals (one seeded draw of example indices per resample)."""
+    from qwen_anatomy.heads.analysis import head_quantities
+    from qwen_anatomy.heads.stats import bootstrap_spearman
+
+    rng = np.random.default_rng(1)
+    m = _measurements(rng.normal(size=(12, 8)), ablated=[0, 2, 3, 5, 6, 7])
+    st = compute_stats(m, None, None, n_perm=10, n_boot=40, seed=3)
+    direct = bootstrap_spearman(
+        lambda idx: head_quantities(m, None, None, idx),
+        12,
+        [("neg_Eg_pre", "I_pre"), ("G_pre", "I_pre")],
+        40,
+        3,
+    )
+    rows = {v["proxy"]: v for v in st["proxy_validity"]}
+    assert (rows["neg_Eg"]["ci_low"], rows["neg_Eg"]["ci_high"]) == direct[("neg_Eg_pre", "I_pre")]
+    assert (rows["G"]["ci_low"], rows["G"]["ci_high"]) == direct[("G_pre", "I_pre")]
+    finite = [v for v in st["proxy_validity"] if np.isfinite(v["ci_low"])]  # the norm is constant here
+    assert {"G", "neg_Eg"} <= {v["proxy"] for v in finite}
+    assert all(-1 <= v["ci_low"] <= v["ci_high"] <= 1 for v in finite)
+
+
 @pytest.mark.parametrize(
     "flags, words",
     [

@@ -298,3 +298,29 @@ def test_the_estimates_run_through_the_real_code_at_tiny_scale():
     assert [r["count"] for r in rows] == [1, 1, 2, 2] and all(r["seconds"] > 0 for r in rows)
     rows = realpair.estimate(_real_cfg(), finetune_steps=2, examples=2)
     assert rows[0]["count"] == 2 and all(r["seconds"] > 0 for r in rows)
+
+
+# -- the real Qwen2 section: a stratified subset, and proxy validity with bootstrap intervals ---------
+@pytest.mark.parametrize("n, seed", [(48, 0), (48, 1), (30, 0), (7, 3), (336, 0)])
+def test_stratified_heads_share_the_layers_evenly(n, seed):
+    """Qwen2.5-0.5B's layout (24 layers x 14 heads): every layer gets ⌊n/24⌋ or one more, no head
+    twice, reproducible from the seed."""
+    from qwen_anatomy.heads.ablation import stratified_heads
+    from qwen_anatomy.heads.core import HeadLayout
+
+    lay = HeadLayout(num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64)
+    chosen = stratified_heads(lay, n, seed)
+    assert len(chosen) == len(set(chosen)) == n and chosen == sorted(chosen)
+    per_layer = np.bincount(np.asarray(chosen) // 14, minlength=24)
+    assert set(per_layer.tolist()) <= {n // 24, n // 24 + 1}
+    assert stratified_heads(lay, n, seed) == chosen
+
+
+def test_stratified_heads_refuses_impossible_counts():
+    from qwen_anatomy.heads.ablation import stratified_heads
+    from qwen_anatomy.heads.core import HeadLayout
+
+    lay = HeadLayout(num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
+    for bad in (0, 9, 2.5):
+        with pytest.raises(UserInputError, match="heads to ablate"):
+            stratified_heads(lay, bad)

@@ -140,6 +140,19 @@ def test_proxy_finding_usable_or_weak():
     assert "is −E[g] (ρ = +0.70" in good and "usable stand-in" in good and "norm gives +nan" in good
     weak = report.proxy_finding(validity(neg_Eg=0.5 - 1e-9, Ppred=0.1, norm=0.0))
     assert "weak stand-in" in weak
+    assert "Within layers" not in good  # no within-layer ρ given: nothing said about depth
+
+
+def test_proxy_finding_states_the_interval_and_the_depth_confound():
+    rows = validity(neg_Eg=0.9, Ppred=0.1, norm=0.2)
+    rows[0].update(ci_low=0.8, ci_high=0.95, rho_within_layer_demeaned=0.85, p_perm=0.0005)
+    text = report.proxy_finding(rows, model="Qwen2.5")
+    assert "(ρ = +0.90, 95% bootstrap interval over texts [+0.80, +0.95], permutation p = 0.0005)" in text
+    assert text.endswith(
+        "Within layers (ranks demeaned per layer) it gives ρ = +0.85, so depth is not what carries it."
+    )
+    rows[0]["rho_within_layer_demeaned"] = 0.1
+    assert report.proxy_finding(rows).endswith("it gives ρ = +0.10, so much of it is depth.")
 
 
 def layout():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -82,6 +83,26 @@ def parse_heads(text: str, lay: HeadLayout, what: str = "--heads") -> list[int]:
             )
         flat.add(layer * lay.num_heads + head)
     return sorted(flat)
+
+
+def stratified_heads(lay: HeadLayout, n: int, seed: int = 0) -> list[int]:
+    """``n`` query heads spread over the layers (flat indices l·H + h, sorted): every layer gets
+    ⌊n/L⌋ heads and the first ``n mod L`` layers of a seeded random order one more, each layer's heads
+    drawn at random without repetition. UserInputError unless 1 ≤ n ≤ the number of heads."""
+    total = lay.n_heads_total
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or not 1 <= n <= total:
+        raise UserInputError(
+            f"{n!r} heads to ablate: give a whole number from 1 to {total} (this model's heads)"
+        )
+    rng = np.random.default_rng(seed)
+    per_layer = np.full(lay.num_layers, n // lay.num_layers)
+    per_layer[rng.permutation(lay.num_layers)[: n % lay.num_layers]] += 1
+    chosen = []
+    for layer, k in enumerate(per_layer):
+        chosen += [
+            layer * lay.num_heads + int(h) for h in rng.choice(lay.num_heads, size=int(k), replace=False)
+        ]
+    return sorted(chosen)
 
 
 def head_name(flat: int, lay: HeadLayout) -> str:

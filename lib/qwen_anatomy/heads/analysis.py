@@ -279,12 +279,14 @@ def compute_stats(
     if update is not None:
         main += ["U", "Urel"]
     pairs = list(combinations(main, 2))
+    tags = [tag for tag, m in (("pre", m0), ("post", m1)) if m is not None]
+    validity_pairs = [(f"{proxy}_{tag}", f"I_{tag}") for tag in tags for proxy in PROXIES]
     ablated = np.zeros(lay.n_heads_total, dtype=bool)
     ablated[m0.ablated_heads] = True
     boot = bootstrap_spearman(
         lambda idx: head_quantities(m0, m1, update, idx),
         len(m0.loss),
-        pairs,
+        pairs + [p for p in validity_pairs if p not in pairs],
         n_boot,
         seed,
     )
@@ -300,7 +302,16 @@ def compute_stats(
         imp = q[f"I_{tag}"]
         for proxy in PROXIES:
             stat = _pair_stats(q[f"{proxy}_{tag}"], imp, layer, n_perm, seed, top_k)
-            validity.append({"theta": "θ0" if tag == "pre" else "θ1", "proxy": proxy, **stat})
+            ci_low, ci_high = boot[(f"{proxy}_{tag}", f"I_{tag}")]
+            validity.append(
+                {
+                    "theta": "θ0" if tag == "pre" else "θ1",
+                    "proxy": proxy,
+                    **stat,
+                    "ci_low": ci_low,
+                    "ci_high": ci_high,
+                }
+            )
     n_sets = int(ablated.sum())
     k_sets = top_k if top_k is not None else top_k_of(n_sets)
     result = {

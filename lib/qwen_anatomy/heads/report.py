@@ -227,15 +227,30 @@ def proxy_finding(proxy_validity: list[dict], model: str = "SmolLM2") -> str:
     good = best["rho"] >= USABLE_RHO and best["p_perm"] < ALPHA
     return (
         f"On {model} the proxy that best ranks the {best['n']} truly ablated heads is "
-        f"{PROXY_LABELS[best['proxy']]} (ρ = {best['rho']:+.2f}, permutation p = {best['p_perm']:.3f}); "
+        f"{PROXY_LABELS[best['proxy']]} (ρ = {best['rho']:+.2f}"
+        + (
+            f", 95% bootstrap interval over texts [{best['ci_low']:+.2f}, {best['ci_high']:+.2f}]"
+            if np.isfinite(best.get("ci_low", np.nan))
+            else ""
+        )
+        + f", permutation p = {best['p_perm']:.2g}); "
         + (
             "it is a usable stand-in for ablation at this sample size. "
             if good
             else "even the best is a weak stand-in for ablation at this sample size. "
         )
         + f"−E[g] gives ρ = {by_name['neg_Eg']['rho']:+.2f}, G²/F gives {by_name['Ppred']['rho']:+.2f}, "
-        f"and the naive head-output norm gives {by_name['norm']['rho']:+.2f}."
+        f"and the naive head-output norm gives {by_name['norm']['rho']:+.2f}." + _depth_clause(best)
     )
+
+
+def _depth_clause(best: dict) -> str:
+    """Whether the best proxy's ranking survives removing depth (ρ of layer-demeaned ranks)."""
+    within = best.get("rho_within_layer_demeaned", np.nan)
+    if _nan(within):
+        return ""
+    kept = "so depth is not what carries it" if within >= USABLE_RHO else "so much of it is depth"
+    return f" Within layers (ranks demeaned per layer) it gives ρ = {within:+.2f}, {kept}."
 
 
 def seed_losses(res: dict) -> pd.DataFrame:
