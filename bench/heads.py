@@ -7,10 +7,11 @@ a shared machine); wall-clock seconds are recorded beside them ("wall_seconds").
 
     .venv/bin/python bench/heads.py            # writes bench/results/heads.json
 
-Models: the small default task model (θ0 = relu-n10-forward when shipped, otherwise a random model of
-the task training defaults' shape) and a 4-layer slice of the Qwen2.5-0.5B shape (random weights,
-all layer shapes exact; the vocabulary is reduced to 8,192 rows, which only shrinks the LM head and
-the embedding: the ablated layers are unchanged).
+Models (``--models``, default all three): ``small``, the shipped θ0 of chapter 40 (relu-n10-forward,
+8 heads); ``slice``, a 4-layer slice of the Qwen2.5-0.5B shape (random weights, all layer shapes
+exact; the vocabulary is reduced to 8,192 rows, which only shrinks the LM head and the embedding: the
+ablated layers are unchanged); ``smollm2``, the real SmolLM2-135M-Instruct (30 layers x 9 query heads:
+ablation of all 270 heads, the real pair's θ0).
 """
 
 from __future__ import annotations
@@ -45,6 +46,17 @@ def small_model():
 def slice_model():
     cfg = QWEN2_5_0_5B.replace(num_hidden_layers=4, vocab_size=8192)
     return "Qwen2.5-0.5B shape, 4 layers, vocab 8192, random", Qwen2ForCausalLM(cfg).init_weights(0).eval()
+
+
+def smollm2_model():
+    """SmolLM2-135M-Instruct, the real pair's θ0 (installed by `make`; a clear error names the fix)."""
+    from qwen_anatomy.loading import load_model
+
+    model, _ = load_model("smollm2-135m")
+    return "SmolLM2-135M-Instruct (real weights, all 270 heads)", model.eval()
+
+
+MODELS = {"small": (small_model, 16, 8), "slice": (slice_model, 8, 7), "smollm2": (smollm2_model, 8, 9)}
 
 
 def data(vocab: int, n: int, length: int, seed: int = 0):
@@ -112,11 +124,12 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--examples", type=int, default=8)
     parser.add_argument("--length", type=int, default=32)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     args = parser.parse_args(argv)
     env = environment()  # at the start: the record names the code this run starts from
     torch.set_num_threads(args.threads)
     results = []
-    for make, batch_size, replicas in ((small_model, 16, 8), (slice_model, 8, 7)):
+    for make, batch_size, replicas in (MODELS[m] for m in args.models):
         name, model = make()
         r = bench_one(name, model, args.examples, args.length, batch_size, replicas, args.repeats)
         results.append(r)
