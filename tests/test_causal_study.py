@@ -455,3 +455,18 @@ def test_project_by_hand():
     assert p["arms"]["baseline"]["seconds"] == pytest.approx(30.6)
     assert p["total_seconds"] == pytest.approx(110.6)
     assert "1 session(s) of 3 h" in study.project_sentence(study.check_config(cfg), p)
+
+
+def _study_with_f1(values):
+    runs = {
+        ("CausalQwen", i): {"sets": {"qa": {"num_f1": f}, "copy": {"num_f1": 1.0}}}
+        for i, f in enumerate(values)
+    }
+    return sr.Study({"model": "m"}, None, runs, {}, {})
+
+
+def test_saturated_detection_is_said_and_unsaturated_is_not():
+    text = sr.saturation_clause(_study_with_f1([1.0, 0.995, 1.0]))
+    assert "saturated" in text and "lowest 0.995" in text
+    assert sr.saturation_clause(_study_with_f1([1.0, 0.98, 1.0])) == ""
+    assert sr.saturation_clause(_study_with_f1([1.0, float("nan")])) == ""

@@ -361,7 +361,24 @@ def detection_sentence(study: Study, set_name: str = "qa") -> str:
     v = compare_arms(
         *vals.values(), names=tuple(vals), metric=f"`<NUM>` F1 on the {set_name} set", lower_is_better=False
     )
-    return v.sentence + "."
+    return v.sentence + "." + saturation_clause(study)
+
+
+SATURATED_F1 = 0.99  # at or above this on every set and seed, detection separates nothing
+
+
+def saturation_clause(study: Study, level: float = SATURATED_F1) -> str:
+    """ " ... saturated ..." when every run of every arm scores ``<NUM>`` F1 ≥ ``level`` on every set
+    (then the F1 cannot rank arms or settings); "" otherwise."""
+    f1 = [m["num_f1"] for ev in study.runs.values() for m in ev["sets"].values()]
+    if not f1 or not all(np.isfinite(f1)) or min(f1) < level:
+        return ""
+    return (
+        f" On these texts `<NUM>` detection is saturated: every run of both arms scores F1 ≥ {level:g} on every"
+        f" set (lowest {min(f1):.3f}), although numbers move within the templates and some answers are words;"
+        " the frozen backbone already tells where a number comes, so F1 ranks nothing here and the comparison"
+        " rests on the values."
+    )
 
 
 # -- calibration ------------------------------------------------------------------------------------
