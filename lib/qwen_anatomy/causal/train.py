@@ -179,9 +179,9 @@ def _fit(
             classifier=cfg.classifier,
         )
         if not torch.isfinite(parts["loss"]):
+            loss, cls, reg = (float(parts[k].detach()) for k in ("loss", "cls", "reg"))
             raise TrainingDiverged(
-                f"training diverged at step {step}: loss {float(parts['loss'])} "
-                f"(classification {float(parts['cls'])}, regression {float(parts['reg'])}); "
+                f"training diverged at step {step}: loss {loss} (classification {cls}, regression {reg}); "
                 "lower the learning rate (--lr) or gamma0, and report it if it persists"
             )
         if step % log_every == 0 or step == steps:
