@@ -48,9 +48,9 @@ study_seeds = [0, 1, 2]
 study_steps = 300
 study_n_train = 2000
 study_n_eval = 64
-# Saved `causal study --vocab full --estimate --estimate-out` measurements (one folder per backbone,
-# <model>-full; data/results/causal/README.md): the cost of a step with every token id a class, quoted
-# beside a saved study that restricts the classes to the templates' token ids (--vocab template).
+# Saved `causal study --estimate --estimate-out` measurements (data/results/causal/README.md): per
+# backbone, <model>-full (every token id a class) and <model>-template-top1 (the study with its top
+# layer trained), quoted beside a saved study.
 study_estimates_dir = "data/results/causal/estimates"
 seed = 0
 
@@ -455,6 +455,24 @@ display(
 display(study_report.value_table(study))
 display(Markdown(study_report.value_summary(study)))
 display(Markdown(study_report.value_sentences(study)))
+
+# %% [markdown]
+# **Did the budget run out?** The regression loss of every run against the optimiser step: on the left
+# every value, on the right the bulk. Look at whether the lines still slope down at the end: if they
+# do, more steps would help; if they are flat, what the heads can learn from these features is learned.
+
+# %% tags=["hide-input"]
+fig = study_report.curves_plot(study)
+top_layers_estimate = causal_study.read_estimate(
+    REPO_ROOT / study_estimates_dir / f"{study.config.get('model')}-template-top1"
+)
+display(
+    Markdown(
+        study_report.curves_sentence(study)
+        + " "
+        + study_report.missed_roles_sentence(study, None if study_live else top_layers_estimate)
+    )
+)
 
 # %% [markdown]
 # **Calibration against the oracle.** For each noisy reading, each arm predicts a law (Cauchy for

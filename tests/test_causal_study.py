@@ -470,3 +470,75 @@ def test_saturated_detection_is_said_and_unsaturated_is_not():
     assert "saturated" in text and "lowest 0.995" in text
     assert sr.saturation_clause(_study_with_f1([1.0, 0.98, 1.0])) == ""
     assert sr.saturation_clause(_study_with_f1([1.0, float("nan")])) == ""
+
+
+def _study_with_logs(per_arm):
+    """Logs of 11 rows (steps 0..1000); per arm a list of per-seed (early, late) values of "reg"
+    in the last two fifths (steps 700-800 and 900-1000)."""
+    logs = {}
+    for arm, seeds in per_arm.items():
+        for seed, (early, late) in enumerate(seeds):
+            rows = [{"step": s, "reg": 9.0} for s in range(0, 700, 100)]
+            rows += [{"step": s, "reg": early} for s in (700, 800)] + [
+                {"step": s, "reg": late} for s in (900, 1000)
+            ]
+            logs[(arm, seed)] = rows
+    return sr.Study({"model": "m"}, None, {k: {} for k in logs}, logs, {})
+
+
+def test_settling_by_hand():
+    """Windows are the last two fifths: steps (600, 800] and (800, 1000]; the change is late - early."""
+    st = _study_with_logs({"CausalQwen": [(5.0, 4.5), (5.0, 4.6), (5.0, 4.4)], "baseline": [(4.0, 4.0)] * 3})
+    table = sr.settling(st)
+    assert table.loc["CausalQwen", "change"].mean == pytest.approx(-0.5)
+    assert (
+        table.loc["CausalQwen", "verdict"] == "still falling" and table.loc["baseline", "verdict"] == "flat"
+    )
+    assert (table.loc["CausalQwen", "from_step"], table.loc["CausalQwen", "to_step"]) == (600, 800)
+    text = sr.curves_sentence(st)
+    assert (
+        "CausalQwen's median regression loss changed by -0.5" in text
+        and "baseline's median" in text
+        and ": flat" in text
+    )
+    fig = sr.curves_plot(st)
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == len(fig.axes[1].lines) == 6
+
+
+def test_missed_roles_sentence_names_the_roles_and_quotes_the_saved_cost(monkeypatch):
+    """Roles where neither arm's verdict is "beats" are named with their best reference; a saved
+    top-layer estimate is quoted with its projected hours against the study's own recorded stages."""
+    import pandas as pd
+
+    table = pd.DataFrame(
+        {
+            "copy-last MAE": [8.606, 33.3],
+            "mean MAE": [24.8, 24.5],
+            "best trivial": ["copy_last", "mean"],
+            "CausalQwen verdict": ["no difference shown", "beats"],
+            "baseline verdict": ["worse", "worse"],
+        },
+        index=["copy", "sum"],
+    )
+    monkeypatch.setattr(sr, "value_table", lambda study: table)
+    records = {
+        ("CausalQwen", 0): {"stages": {"train": 3000.0, "evaluate": 600.0}},
+        ("baseline", 0): {"stages": {"train": 3600.0}},
+    }
+    st = sr.Study({"model": "m", "train_layers": 0}, None, {k: {} for k in records}, {}, records)
+    estimate = {
+        "config": {"train_layers": 1, "seeds": [0, 1, 2], "steps": 3000},
+        "measured": {"arms": {"CausalQwen": {"seconds_per_step": 2.71}, "baseline": {"seconds_per_step": 2.9}},
+                     "projection": {"total_hours": 14.77}},
+    }  # fmt: skip
+    text = sr.missed_roles_sentence(st, estimate, groups=("copy", "sum"))
+    assert text.startswith(
+        "Neither arm beats the best trivial reference on 1 of 2 predictable roles: copy (copy-last MAE 8.61)."
+    )
+    assert "With the backbone frozen" in text
+    assert (
+        "CausalQwen 2.7 s per step; baseline 2.9 s per step" in text
+        and "projected at 14.8 hours, against 2.0" in text
+    )
+    table["baseline verdict"] = ["beats", "beats"]
+    assert sr.missed_roles_sentence(st, estimate, groups=("copy", "sum")) == ""

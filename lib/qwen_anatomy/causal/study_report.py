@@ -317,6 +317,53 @@ def value_summary(study: Study, groups=PREDICTABLE_ROLES) -> str:
     )
 
 
+def missed_roles_sentence(
+    study: Study, top_layers_estimate: dict | None = None, groups=PREDICTABLE_ROLES
+) -> str:
+    """Which predictable roles neither arm beats its best trivial reference on, and what it would cost
+    to let the backbone carry the values there: ``top_layers_estimate`` is a saved ``causal study
+    --estimate`` (:func:`qwen_anatomy.causal.study.read_estimate`) of the same study with top layers
+    trained (``train_layers`` > 0); its projected hours are quoted. "" when every role is beaten."""
+    table = value_table(study)
+    present = [g for g in groups if g in table.index]
+    missed = [g for g in present if all(table.loc[g, f"{arm} verdict"] != "beats" for arm in study.arms)]
+    if not missed:
+        return ""
+
+    def ref(g):
+        name = table.loc[g, "best trivial"].replace("_", "-")
+        return f"{g} ({name} MAE {_fmt(table.loc[g, f'{name} MAE'])})"
+
+    refs = ", ".join(ref(g) for g in missed)
+    text = (
+        f"Neither arm beats the best trivial reference on {len(missed)} of {len(present)} predictable roles: {refs}. "
+        "Each of these numbers depends on the exact values of numbers stated earlier in the text. "
+        + (
+            "With the backbone frozen, both heads are linear in features the backbone already computes, "
+            "and these features do not carry an earlier number's exact value to the position that needs it."
+            if not study.config.get("train_layers")
+            else f"With the top {study.config['train_layers']} layer(s) trained, the budget did not get there."
+        )
+    )
+    if top_layers_estimate:
+        cfg, proj = top_layers_estimate["config"], top_layers_estimate["measured"]["projection"]
+        steps = {a: m["seconds_per_step"] for a, m in top_layers_estimate["measured"]["arms"].items()}
+        text += (
+            f" Training the top {cfg['train_layers']} layer(s) as well could let attention learn to fetch it; "
+            f"measured here ({'; '.join(f'{a} {v:.2g} s per step' for a, v in steps.items())}), the same study "
+            f"({len(cfg['seeds'])} seeds x {cfg['steps']:,} steps, both arms) is projected at "
+            f"{proj['total_hours']:.1f} hours, against {_study_hours(study):.1f} for this one's training and "
+            "evaluation: more than a 3-hour session on this machine."
+        )
+    return text
+
+
+def _study_hours(study: Study) -> float:
+    """Wall hours of the study's training and evaluation, from its run records' stages."""
+    seconds = sum(sum((r.get("stages") or {}).values()) for r in study.records.values())
+    return seconds / 3600
+
+
 # -- <NUM> detection --------------------------------------------------------------------------------
 def detection_table(study: Study) -> pd.DataFrame:
     """<NUM> F1 per evaluation set: each arm's interval over seeds and the comparison's verdict."""
@@ -528,6 +575,99 @@ def calibration_plot(study: Study, role: str = "noisy", title: str | None = None
         title or f"calibration on the {role} numbers, {study.config.get('model')}",
     )
     ax.legend(fontsize=7, loc="upper left")
+    return fig
+
+
+# -- the training curves ---------------------------------------------------------------------------
+SETTLED_NATS = 0.02  # a change of the median regression loss within ±this between the last two fifths: flat
+
+
+def _window_means(log: list[dict], key: str, frac: float = 0.2) -> tuple[float, float, int, int]:
+    """Median of ``key`` over the last ``frac`` of the logged steps and over the ``frac`` before it, with
+    the first step of each window. Medians, because a Normal head's NLL spikes by orders of magnitude on
+    the odd batch where a small sigma meets a far value (the baseline's log shows such spikes)."""
+    steps = np.array([r["step"] for r in log], dtype=float)
+    vals = np.array([r[key] for r in log], dtype=float)
+    last = steps.max()
+    span = frac * last
+    late = steps > last - span
+    early = (steps > last - 2 * span) & ~late
+    return float(np.median(vals[early])), float(np.median(vals[late])), int(last - 2 * span), int(last - span)
+
+
+def settling(study: Study, key: str = "reg") -> pd.DataFrame:
+    """Per arm: the change of the median training loss ``key`` (default the regression NLL) from the second
+    last fifth of training to the last fifth, each seed and its interval over seeds, and the verdict:
+    "still falling" (the whole interval below -SETTLED_NATS), "flat" (inside ±SETTLED_NATS), or "unclear"."""
+    rows = []
+    for arm in study.arms:
+        changes, bounds = [], None
+        for (a, _), log in sorted(study.logs.items()):
+            if a != arm:
+                continue
+            early, late, b0, b1 = _window_means(log, key)
+            changes.append(late - early)
+            bounds = (b0, b1)
+        ci = interval(changes)
+        if ci.high < -SETTLED_NATS:
+            verdict = "still falling"
+        elif ci.low >= -SETTLED_NATS and ci.high <= SETTLED_NATS:
+            verdict = "flat"
+        else:
+            verdict = "unclear"
+        rows.append(
+            {"arm": arm, "change": ci, "from_step": bounds[0], "to_step": bounds[1], "verdict": verdict}
+        )
+    return pd.DataFrame(rows).set_index("arm")
+
+
+def curves_sentence(study: Study, key: str = "reg") -> str:
+    """The training curves in words: how much the regression loss still moved at the end, per arm."""
+    table = settling(study, key)
+    parts = []
+    for arm, row in table.iterrows():
+        ci = row["change"]
+        parts.append(
+            f"{arm}'s median regression loss changed by {interval_text(ci)} nats from the window starting at step "
+            f"{row['from_step']:,} to the last one (from step {row['to_step']:,}): {row['verdict']}"
+        )
+    return (
+        "; ".join(parts)
+        + f" (flat means inside ±{SETTLED_NATS:g} nats over seeds; windows are fifths of training)."
+    )
+
+
+def curves_plot(study: Study, key: str = "reg", title: str | None = None):
+    """Training curves of every run: ``key`` (default the regression NLL, the term that learns the values)
+    against step, one line per seed, one colour per arm. Left: every value (a log axis when all are
+    positive, since the Normal head's spikes span orders of magnitude); right: the bulk, the axis cut
+    at the 1st and 95th percentiles, where the slow trend shows."""
+    from .. import plotting
+
+    fig, axes = plotting.figure(ncols=2, width=4.2, height=3.4)
+    finite = np.array([r[key] for log in study.logs.values() for r in log if np.isfinite(r[key])])
+    colours = {}
+    for ax in axes[0]:
+        for (arm, _seed), log in sorted(study.logs.items()):
+            line = ax.plot(
+                [r["step"] for r in log],
+                [r[key] for r in log],
+                color=colours.get(arm),
+                linewidth=0.9,
+                alpha=0.8,
+                label=arm if ax is axes[0][0] and arm not in colours else None,
+            )[0]
+            colours.setdefault(arm, line.get_color())
+    ylabel = "regression NLL (nats)" if key == "reg" else key
+    name = f"{study.config.get('model')}, {len(study.seeds)} seeds per arm"
+    if len(finite) and finite.min() > 0:
+        axes[0][0].set_yscale("log")
+    plotting.label(axes[0][0], "optimiser step", ylabel, title or f"training curves ({name})")
+    if len(finite):
+        lo, hi = np.quantile(finite, [0.01, 0.95])
+        axes[0][1].set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+    plotting.label(axes[0][1], "optimiser step", ylabel, "the bulk (1st-95th percentile)")
+    axes[0][0].legend(fontsize=7)
     return fig
 
 
