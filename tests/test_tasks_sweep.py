@@ -4,6 +4,7 @@ layouts, the pair and counterpart checks, max positions, every generation kept, 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -372,6 +373,44 @@ def test_a_plan_part_runs_in_pairs_beside_a_run_in_progress(tmp_path, capsys, mo
     assert order == [("relu", 4, 0), ("relu_inverse", 4, 0), ("relu", 4, 1), ("relu_inverse", 4, 1)]
     with pytest.raises(UserInputError, match="still in progress"):
         experiment.plan({**config, "only_lengths": [5]})
+
+
+def test_a_run_taken_by_another_process_after_planning_is_not_trained_twice(tmp_path, capsys, monkeypatch):
+    """Two processes on one plan part (e.g. one given --seeds 2): a run another process started or
+    finished after this one planned is left to it or reused, never moved aside and retrained."""
+    plan = tmp_path / "p.yaml"
+    plan.write_text(yaml.safe_dump({"groups": [{"configs": [RELU, RELU_INV], "n": [4], "set": TINY}]}))
+    out = tmp_path / "out"
+    config = {**experiment.read_plan(plan), "seeds": [0, 1], "out_root": str(out)}
+    entries = {(e["config"], e["seed"]): e for e in experiment.plan(config)}
+    trained = []
+
+    def fake_train(cfg, folder, **kwargs):
+        folder = Path(folder)
+        key = (folder.parts[-3], cfg["training"]["seed"])
+        trained.append(key)
+        if key == ("relu", 0):  # meanwhile, another process starts seed 1 forward and finishes seed 1 inverse
+            busy = experiment.run_folder(out, "relu", 1, 4)
+            busy.mkdir(parents=True)
+            (busy / "run_record.json").write_text(json.dumps({"status": "running", "pid": os.getpid()}))
+            done = experiment.run_folder(out, "relu_inverse", 1, 4)
+            done.mkdir(parents=True)
+            record = {
+                "status": "success",
+                "pid": 1,
+                "parameters": {"config": entries[("relu_inverse", 1)]["run_config"]},
+            }
+            (done / "run_record.json").write_text(json.dumps(record))
+            (done / "evaluation.json").write_text("{}")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "evaluation.json").write_text("{}")
+
+    monkeypatch.setattr("qwen_anatomy.tasks.train.train", fake_train)
+    experiment.run(config, progress=False)
+    assert trained == [("relu", 0), ("relu_inverse", 0)]
+    said = capsys.readouterr().out
+    assert "being trained by another process" in said and "finished meanwhile by another process" in said
+    assert not list(out.glob("*/n4/seed1.*"))  # nothing moved aside
 
 
 def test_cost_projection_arithmetic_and_interpolation(tmp_path):

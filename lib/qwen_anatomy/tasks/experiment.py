@@ -413,6 +413,33 @@ def plan(config: dict[str, Any]) -> list[dict[str, Any]]:
     return entries
 
 
+def _taken_meanwhile(entry: dict) -> str | None:
+    """Re-read a run folder just before training it: "success" when another process finished the same
+    config there since the plan was made (reused), "running" when one is training it now (left to it,
+    with a line saying so); None otherwise. A finished run of another config is refused as in :func:`plan`."""
+    from ..errors import UserInputError
+    from ..iochecks import record_status
+
+    folder = entry["folder"]
+    record = _record(folder) if folder.is_dir() else None
+    status = None if record is None else record_status(record)
+    if status == "success":
+        diff = config_differences((record.get("parameters") or {}).get("config"), entry["run_config"])
+        if diff:
+            raise UserInputError(
+                f"{folder} now holds a finished run of another config ({'; '.join(diff[:3])}); "
+                "choose another --out-root or move it away"
+            )
+        print(
+            f"{folder}: finished meanwhile by another process (pid {record.get('pid')}); reused", flush=True
+        )
+        return "success"
+    if status == "running":
+        print(f"{folder}: being trained by another process (pid {record.get('pid')}); left to it", flush=True)
+        return "running"
+    return None
+
+
 def run(config: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """Train configs x lengths x seeds; returns {"runs": [rows], "out_root": ...} (also written to
     summary.json).
@@ -436,6 +463,12 @@ def run(config: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     bar = progress_bar(total=todo, desc="task sweep runs", unit="run", enabled=progress and todo > 0)
     for entry in entries:
         folder = entry["folder"]
+        if not entry["reuse"]:
+            taken = _taken_meanwhile(entry)  # another process (a part of the same plan) got there first
+            if taken == "running":
+                bar.update(1)
+                continue
+            entry["reuse"] = taken == "success"
         if not entry["reuse"]:
             if folder.exists():
                 stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
