@@ -299,7 +299,11 @@ def test_known_exceptions_are_the_provenance_list_and_name_their_issue():
     from qwen_anatomy.provenance import KNOWN_EXCEPTIONS
 
     assert landing.known_exceptions() == KNOWN_EXCEPTIONS
-    assert landing.regenerating_issue("bench/results/heads.json", KNOWN_EXCEPTIONS) == 15
+    assert (
+        landing.regenerating_issue("data/results/heads/finetune-square/run_record.json", KNOWN_EXCEPTIONS)
+        == 15
+    )
+    assert landing.regenerating_issue("bench/results/heads.json", KNOWN_EXCEPTIONS) is None
     assert landing.regenerating_issue("bench/results/weights_qwen2.5-0.5b.json", KNOWN_EXCEPTIONS) is None
     assert landing.regenerating_issue("bench/results/forward.json", KNOWN_EXCEPTIONS) is None
     hand = {"a/*": "issue 3 redoes it", "b": "no issue"}

@@ -55,7 +55,6 @@ KNOWN_EXCEPTIONS: dict[str, str] = {
     "data/results/heads/*": "issue 15 regenerates the heads experiments (real pair, N >= 96)",
     "data/results/causal/*": "issue 14 regenerates every CausalQwen suite with seeds on Qwen2.5",
     "data/models/causal-tiny-lm/*": "issue 14 retrains the tiny CausalQwen backbone with the new data",
-    "bench/results/heads.json": "issue 15 extends bench/heads.py with the SmolLM2 case and reruns it",
 }
 
 
