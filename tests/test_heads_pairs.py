@@ -324,3 +324,15 @@ def test_stratified_heads_refuses_impossible_counts():
     for bad in (0, 9, 2.5):
         with pytest.raises(UserInputError, match="heads to ablate"):
             stratified_heads(lay, bad)
+
+
+@pytest.mark.parametrize("module", ["synthetic", "realpair"])
+@pytest.mark.parametrize("mode", ["--projection", "--estimate"])
+def test_pair_commands_refuse_bad_input_before_projecting_or_estimating(module, mode, capsys):
+    import importlib
+
+    main = importlib.import_module(f"qwen_anatomy.heads.{module}").main
+    steps = "--finetune-steps" if module == "synthetic" else "--steps"
+    assert main([steps, "-3", mode]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{steps} -3: must be an integer >= 1" in err[0]

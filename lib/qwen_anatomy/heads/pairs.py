@@ -291,3 +291,38 @@ def estimate_table(rows: list[dict]) -> str:
         lines.append(f"{r['stage']:<42} {r['count']:>5} {r['seconds']:>9.0f} {hours:>7.2f}")
     lines.append(f"{'total':<42} {'':>5} {'':>9} {total:>7.2f}")
     return "\n".join(lines)
+
+
+def add_cost_flags(parser, estimate_help: str) -> None:
+    """``--projection`` (projected hours from the recorded measurements) and ``--estimate`` (measure)."""
+    parser.add_argument(
+        "--projection",
+        action="store_true",
+        help="print the projected hours per stage from the recorded measurements",
+    )
+    parser.add_argument("--estimate", action="store_true", help=estimate_help)
+
+
+def pair_cli(args: dict, make_config, stage_costs, estimate, run, done, estimate_kwargs=None) -> int:
+    """The shared body of a pair command (``heads.synthetic``, ``heads.realpair``): build the
+    configuration from the parsed ``args``, then print the projection, the estimate, or run and print
+    ``done(cfg, summary, out)``. Bad input: one line on stderr, exit 2."""
+    import sys
+
+    projection, do_estimate, out = args.pop("projection"), args.pop("estimate"), args.pop("out")
+    args["seeds"] = tuple(args["seeds"])
+    try:
+        cfg = make_config(**args)
+        cfg.validate()  # bad input is refused before a projection, an estimate or a run
+        if projection:
+            print(estimate_table(stage_costs(cfg)))
+            return 0
+        if do_estimate:
+            print(estimate_table(estimate(cfg, **(estimate_kwargs or {}))))
+            return 0
+        summary = run(cfg, out)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(done(cfg, summary, out))
+    return 0

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import UserInputError
 from ..paths import REPO_ROOT
 from .finetune import FinetuneConfig
+from .pairs import add_cost_flags, pair_cli
 
 COMMAND = "qwen_anatomy.heads.realpair"
 DEFAULT_OUT = REPO_ROOT / "data" / "results" / "heads" / "smollm2-stdlib"
@@ -346,40 +346,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--learning-rate", type=float, default=d.learning_rate)
     p.add_argument("--ablation", default=d.ablation)
-    p.add_argument(
-        "--projection",
-        action="store_true",
-        help="print the projected hours per stage from the recorded measurements",
-    )
-    p.add_argument(
-        "--estimate", action="store_true", help="time one fine-tuning step and one measurement; project hours"
-    )
+    add_cost_flags(p, "time one fine-tuning step and one measurement; project hours")
     p.add_argument("--estimate-examples", type=int, default=4, help="documents timed by --estimate")
     args = vars(p.parse_args(argv))
-    projection = args.pop("projection")
-    out, do_estimate, n_est = args.pop("out"), args.pop("estimate"), args.pop("estimate_examples")
-    args["seeds"] = tuple(args["seeds"])
-    try:
-        cfg = RealPair(**args)
-        if projection:
-            from .pairs import estimate_table
+    n_est = args.pop("estimate_examples")
 
-            print(estimate_table(stage_costs(cfg)))
-            return 0
-        if do_estimate:
-            from .pairs import estimate_table
+    def done(cfg, summary, out):
+        return (
+            f"{summary['n_heads']} heads of {cfg.model}; detectable |ρ| "
+            f"{summary['power']['detectable_abs_rho']:.2f}; results in {out}"
+        )
 
-            print(estimate_table(estimate(cfg, examples=n_est)))
-            return 0
-        summary = run(cfg, out)
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(
-        f"{summary['n_heads']} heads of {cfg.model}; detectable |ρ| {summary['power']['detectable_abs_rho']:.2f}; "
-        f"results in {out}"
-    )
-    return 0
+    return pair_cli(args, RealPair, stage_costs, estimate, run, done, {"examples": n_est})
 
 
 if __name__ == "__main__":

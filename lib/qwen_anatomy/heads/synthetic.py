@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import UserInputError
 from ..paths import REPO_ROOT
+from .pairs import add_cost_flags, pair_cli
 
 COMMAND = "qwen_anatomy.heads.synthetic"
 DEFAULT_OUT = REPO_ROOT / "data" / "results" / "heads" / "synthetic-relu-wide"
@@ -386,40 +386,16 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     p.add_argument("--ablation", default=defaults.ablation)
     p.add_argument("--top-k", type=int, default=None)
-    p.add_argument(
-        "--projection",
-        action="store_true",
-        help="print the projected hours per stage from the recorded measurements",
-    )
-    p.add_argument(
-        "--estimate", action="store_true", help="measure the cost of each stage and project the total"
-    )
-    args = vars(p.parse_args(argv))
-    projection = args.pop("projection")
-    out, do_estimate = args.pop("out"), args.pop("estimate")
-    args["seeds"] = tuple(args["seeds"])
-    try:
-        cfg = SyntheticPair(**args)
-        if projection:
-            from .pairs import estimate_table
+    add_cost_flags(p, "measure the cost of each stage and project the total")
 
-            print(estimate_table(stage_costs(cfg)))
-            return 0
-        if do_estimate:
-            from .pairs import estimate_table
+    def done(cfg, summary, out):
+        base = summary["theta0_on_finetune_task"]
+        return (
+            f"{summary['n_heads']} heads; θ0 on the fine-tuning task {base['loss']:.3f} nats (chance "
+            f"{base['chance_loss']:.3f}); detectable |ρ| {summary['power']['detectable_abs_rho']:.2f}; results in {out}"
+        )
 
-            print(estimate_table(estimate(cfg)))
-            return 0
-        summary = run(cfg, out)
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    base = summary["theta0_on_finetune_task"]
-    print(
-        f"{summary['n_heads']} heads; θ0 on the fine-tuning task {base['loss']:.3f} nats (chance "
-        f"{base['chance_loss']:.3f}); detectable |ρ| {summary['power']['detectable_abs_rho']:.2f}; results in {out}"
-    )
-    return 0
+    return pair_cli(vars(p.parse_args(argv)), SyntheticPair, stage_costs, estimate, run, done)
 
 
 if __name__ == "__main__":
