@@ -755,13 +755,15 @@ def read_estimate(path: str | Path) -> dict | None:
     """A saved estimate (``estimate.json`` in ``path``, written by ``causal study --estimate
     --estimate-out``): ``{"config", "measured"}``; None when the folder holds none or its run did not
     finish."""
+    from ..iochecks import read_json, read_run_record, record_status
+
     folder = Path(path)
     record = folder / "run_record.json"
     if not (folder / ESTIMATE_FILE).is_file() or not record.is_file():
         return None
-    if json.loads(record.read_text()).get("status") != "success":
+    if record_status(read_run_record(record)) != "success":
         return None
-    return json.loads((folder / ESTIMATE_FILE).read_text())
+    return read_json(folder / ESTIMATE_FILE, "estimate")
 
 
 def estimate_step_seconds(path: str | Path, arm: str = "CausalQwen") -> float | None:
