@@ -69,6 +69,30 @@ def health(out: CausalOutput, batch: dict, num_token_id: int) -> dict[str, float
     return stats
 
 
+def scale_drive(model, out: CausalOutput, parts: dict, lam: float) -> dict[str, float]:
+    """Which loss term pulls the scales down, and how hard: for each term (classification ``cls`` and
+    the weighted regression ``reg``, i.e. lam * reg), the derivative of the term with respect to the
+    log of a common factor on the scale of U (``*_dlogscale`` = sum of scale_U * d term / d scale_U)
+    and on the exogenous noise (``*_dlognoise`` = sum of b_noise * d term / d b_noise), at the current
+    parameters. Positive: the term falls when that scale shrinks, so gradient descent on it shrinks the
+    scale; negative: it widens it. Also the median |b_noise|. Empty for heads without a scale of U (the
+    baseline, the softmax classifier) or without gradients."""
+    scale_u = out.scale_U
+    noise = getattr(model, "b_noise", None)
+    if scale_u is None or not scale_u.requires_grad or noise is None or not noise.requires_grad:
+        return {}
+    row = {}
+    for name, term in (("cls", parts["cls"]), ("reg", lam * parts["reg"])):
+        if not isinstance(term, torch.Tensor) or not term.requires_grad:
+            row[f"{name}_dlogscale"] = row[f"{name}_dlognoise"] = 0.0
+            continue
+        g_scale, g_noise = torch.autograd.grad(term, (scale_u, noise), retain_graph=True, allow_unused=True)
+        row[f"{name}_dlogscale"] = 0.0 if g_scale is None else float((g_scale * scale_u.detach()).sum())
+        row[f"{name}_dlognoise"] = 0.0 if g_noise is None else float((g_noise * noise.detach()).sum())
+    row["median_noise"] = float(noise.detach().abs().median())
+    return row
+
+
 def clip_gradients(params, mode: str = "per_parameter", max_norm: float = 1.0) -> None:
     """Clip gradient norms at ``max_norm``: each parameter on its own, or all together ("global")."""
     if mode == "global":
@@ -189,6 +213,7 @@ def _fit(
                 "step": step,
                 **{k: float(v.detach()) for k, v in parts.items()},
                 **health(out, targets, model.num_class),
+                **scale_drive(model, out, parts, cfg.lam),
             }
             row["seconds"] = round(time.perf_counter() - t0, 2)
             log.append(row)
