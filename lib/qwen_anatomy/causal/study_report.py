@@ -545,9 +545,12 @@ def calibration_sentences(study: Study, role: str = "noisy", nominal: float = 0.
     return "\n".join(lines)
 
 
-def calibration_plot(study: Study, role: str = "noisy", title: str | None = None):
+def calibration_plot(
+    study: Study, role: str = "noisy", title: str | None = None, extra: dict[str, Study] | None = None
+):
     """Observed against nominal coverage of the central intervals on the ``role`` numbers: each arm's
-    mean over seeds with its interval shaded, the oracle dashed, the diagonal (perfect calibration) dotted."""
+    mean over seeds with its interval shaded, the oracle dashed, the diagonal (perfect calibration) dotted.
+    ``extra`` ({label: study}) adds the arms of other studies (a remedy), labelled "<arm> (<label>)"."""
     from .. import plotting
 
     table = calibration_table(study, role)
@@ -563,9 +566,13 @@ def calibration_plot(study: Study, role: str = "noisy", title: str | None = None
             marker=".",
             label="oracle (true weight, stated sigma)",
         )
-    for arm in study.arms:
-        line = ax.plot(x, table[arm], marker="o", markersize=3, label=f"{arm} ({len(study.seeds)} seeds)")[0]
-        ax.fill_between(x, table[f"{arm} low"], table[f"{arm} high"], color=line.get_color(), alpha=0.2)
+    curves = [(arm, table, f"{arm} ({len(study.seeds)} seeds)") for arm in study.arms]
+    for label, other in (extra or {}).items():
+        other_table = calibration_table(other, role)
+        curves += [(arm, other_table, f"{arm} ({label}, {len(other.seeds)} seeds)") for arm in other.arms]
+    for arm, t, label in curves:
+        line = ax.plot(x, t[arm], marker="o", markersize=3, label=label)[0]
+        ax.fill_between(x, t[f"{arm} low"], t[f"{arm} high"], color=line.get_color(), alpha=0.2)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     plotting.label(
