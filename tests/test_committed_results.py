@@ -211,11 +211,32 @@ def test_every_model_folder_is_checked():
     assert folders == sorted([*TASK_MODELS, "causal-tiny-lm"]), "a new model folder needs a check here"
 
 
+def test_collapse_runs_load_and_log_the_drive_of_each_term():
+    """data/results/causal/collapse: chapter 50's variants, every log row with the drive, the default and
+    the no-regression intervention among them, each with 3 seeds."""
+    from qwen_anatomy.causal import collapse
+
+    variants = collapse.load_variants(CAUSAL / "collapse")
+    assert {"default", "lam0"} <= set(variants)
+    for name, study in variants.items():
+        assert study.seeds == [0, 1, 2], name
+        assert all(set(collapse.DRIVE_KEYS) <= set(r) for log in study.logs.values() for r in log), name
+    assert collapse.collapse_sentences(variants)
+
+
 # -- CI reads what the book reads ----------------------------------------------------------------------
 RESULT_PARAMETERS = {
     "30_synthetic_tasks": ("results_root",),
     "40_heads_importance_vs_plasticity": ("results_dir", "regenerate", "theta0"),
-    "50_causal_heads": ("results_dir", "saved_suites_model", "saved_comprehensive_model", "study_dir"),
+    "50_causal_heads": (
+        "results_dir",
+        "saved_suites_model",
+        "saved_comprehensive_model",
+        "study_dir",
+        "study_estimates_dir",
+        "collapse_dir",
+        "remedy_dir",
+    ),
     "90_experiments": ("results_dir", "results_notebook"),
 }
 
