@@ -261,3 +261,8 @@ def test_calibration_plot_draws_the_remedy_beside_the_study():
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "CausalQwen (learnable thresholds, 3 seeds)" in labels
     assert "baseline (3 seeds)" in labels and any(lab.startswith("oracle") for lab in labels)
+
+
+def test_fractions_get_intervals_inside_zero_and_one():
+    ci = collapse._unit_interval([0.0, 0.01, 0.2])  # the unbounded t-interval reaches below 0
+    assert ci.low == 0.0 and ci.high < 1.0 and ci.mean == pytest.approx(0.07)

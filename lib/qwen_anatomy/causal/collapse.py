@@ -305,8 +305,8 @@ def remedy_table(
         rows.append(
             {
                 "model": label,
-                "coverage 95%": study_report.interval_text(study_report.interval(cov)),
-                "calibration error": study_report.interval_text(study_report.interval(err)),
+                "coverage 95%": study_report.interval_text(_unit_interval(cov)),
+                "calibration error": study_report.interval_text(_unit_interval(err)),
                 "MAE": study_report.interval_text(study_report.interval(mae)),
                 "final median scale of U": float(np.median(scales)) if arm == ARM else math.nan,
             }
@@ -326,6 +326,13 @@ def remedy_table(
             }
         )
     return pd.DataFrame(rows).set_index("model")
+
+
+def _unit_interval(values):
+    """The seed interval of a fraction (coverage, calibration error), cut to [0, 1]."""
+    from ..tasks.verdicts import CONFIDENCE, seed_interval
+
+    return seed_interval(values, CONFIDENCE, bounds=(0.0, 1.0))
 
 
 def _check_same_budget(reference: study_report.Study, remedy: study_report.Study) -> None:

@@ -540,7 +540,8 @@ def calibration_sentences(study: Study, role: str = "noisy", nominal: float = 0.
         v = coverage_verdict(cov, arm, nominal, None if oracle_curve is None else oracle_curve[0])
         oracle_err = "" if oracle_curve is None else f" (oracle {calibration_error(oracle_curve[1:]):.3f})"
         lines.append(
-            f"- {v.sentence}. Mean calibration error over the levels {interval_text(interval(err))}{oracle_err}."
+            f"- {v.sentence}. Mean calibration error over the levels "
+            f"{interval_text(seed_interval(err, CONFIDENCE, bounds=(0.0, 1.0)))}{oracle_err}."
         )
     return "\n".join(lines)
 
