@@ -211,6 +211,35 @@ def test_every_model_folder_is_checked():
     assert folders == sorted([*TASK_MODELS, "causal-tiny-lm"]), "a new model folder needs a check here"
 
 
+@pytest.mark.parametrize(
+    "folder, model, arms",
+    [
+        ("study", "qwen2.5-coder-0.5b", ["CausalQwen", "baseline"]),
+        ("study-smollm2", "smollm2-135m", ["CausalQwen", "baseline"]),
+        ("remedies/learnable-threshold", "qwen2.5-coder-0.5b", ["CausalQwen"]),
+    ],
+)
+def test_causal_studies_load_with_three_seeds_and_clean_verdicts(folder, model, arms):
+    """Chapter 50's saved studies: 3 seeds per arm, the backbone the chapter names, and the tables and
+    verdicts it prints compute from them."""
+    from qwen_anatomy.causal import study_report
+
+    study = study_report.load_study(CAUSAL / folder)
+    assert study.config["model"] == model and study.arms == arms and study.seeds == [0, 1, 2]
+    assert len(study.runs) == 3 * len(arms)
+    assert not study_report.value_table(study).empty
+    assert study_report.calibration_sentences(study)
+
+
+def test_the_remedy_shares_the_study_budget():
+    from qwen_anatomy.causal import collapse, study_report
+
+    study = study_report.load_study(CAUSAL / "study")
+    remedy = study_report.load_study(CAUSAL / "remedies" / "learnable-threshold")
+    assert remedy.config["causal"] == {"threshold_mode": "learnable"}
+    assert "falls below" in collapse.remedy_sentences(study, remedy, "learnable thresholds")  # same budget
+
+
 def test_collapse_runs_load_and_log_the_drive_of_each_term():
     """data/results/causal/collapse: chapter 50's variants, every log row with the drive, the default and
     the no-regression intervention among them, each with 3 seeds."""
@@ -234,6 +263,7 @@ RESULT_PARAMETERS = {
         "saved_comprehensive_model",
         "study_dir",
         "study_estimates_dir",
+        "second_study_dir",
         "collapse_dir",
         "remedy_dir",
     ),
