@@ -36,27 +36,15 @@ step0_texts = 16  # evaluation texts for the step-0 measurements
 live_model = "causal-tiny-lm"  # small project backbone trained live in this chapter
 live_steps = 300
 live_batch = 16
-results_dir = "data/results/causal"  # the saved suites (relative to the repository root), read in every build
-# The saved suites are read, not run: these name the backbone they were run on (see data/results/causal).
-saved_suites_model = "smollm2-135m"  # the saved basic / comparison / ablation / initialization suites
-saved_comprehensive_model = "smollm2-135m"  # the saved comprehensive suite
-# The study (both arms, several seeds, against the trivial references) is read from study_dir when it
-# holds one (data/results/causal/README.md has the book-scale command); otherwise it runs here on
-# live_model with the budget below.
-study_dir = "data/results/causal/study"
-study_seeds = [0, 1, 2]
-study_steps = 300
-study_n_train = 2000
-study_n_eval = 64
-# Saved `causal study --estimate --estimate-out` measurements (data/results/causal/README.md): per
-# backbone, <model>-full (every token id a class) and <model>-template-top1 (the study with its top
-# layer trained), quoted beside a saved study.
-study_estimates_dir = "data/results/causal/estimates"
-# Why the scale of U collapses: short runs of head variants, one folder each (data/results/causal/README.md),
-# and a book-scale study of one remedy with the study's budget.
+results_dir = "data/results/causal"  # saved results are read, not run (see its README.md)
+saved_suites_model = "smollm2-135m"  # backbone of the basic/comparison/ablation/initialization suites
+saved_comprehensive_model = "smollm2-135m"  # the backbone of the saved comprehensive suite
+study_dir = "data/results/causal/study"  # the study; when empty, it runs here on live_model with this budget:
+study_seeds, study_steps, study_n_train, study_n_eval = [0, 1, 2], 300, 2000, 64
+study_estimates_dir = "data/results/causal/estimates"  # saved `causal study --estimate-out` measurements
 second_study_dir = "data/results/causal/study-smollm2"  # the same study on SmolLM2-135M
-collapse_dir = "data/results/causal/collapse"
-remedy_dir = "data/results/causal/remedies/learnable-threshold"
+collapse_dir = "data/results/causal/collapse"  # why the scale of U collapses: short runs of head variants
+remedy_dir = "data/results/causal/remedies/learnable-threshold"  # one remedy at the study's budget
 remedy_name = "learnable per-class thresholds"
 seed = 0
 
