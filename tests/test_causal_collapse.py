@@ -96,42 +96,22 @@ def test_scale_drive_is_empty_without_a_scale_of_u_and_logged_by_training():
     parts = gated_loss(out, batch[0], batch[1].float(), batch[2], NUM)
     assert scale_drive(baseline, out, parts, 1.0) == {}
 
-    model = CausalQwen.from_base(base, NUM, CausalConfig(gamma0=2.0))
-    ids, vals, mask = batch
-    stream = iter([{"input_ids": ids, "numerical_values": vals.float(), "attention_mask": mask}] * 4)
-    log = _fit(
-        model,
-        stream,
-        lambda b: model(b["input_ids"], b["numerical_values"], b["attention_mask"]),
-        lambda first: None,
-        steps=2,
-        lr=1e-2,
-        lr_pretrained=None,
-        seed=0,
-        log_every=1,
-        on_log=None,
-        clip="per_parameter",
-    )
+    def two_steps(log_every):
+        model = CausalQwen.from_base(base, NUM, CausalConfig(gamma0=2.0))
+        ids, vals, mask = batch
+        stream = iter([{"input_ids": ids, "numerical_values": vals.float(), "attention_mask": mask}] * 4)
+        forward = lambda b: model(b["input_ids"], b["numerical_values"], b["attention_mask"])  # noqa: E731
+        log = _fit(model, stream, forward, lambda first: None, steps=2, lr=1e-2, lr_pretrained=None,
+                   seed=0, log_every=log_every, on_log=None, clip="per_parameter")  # fmt: skip
+        return model, log
+
+    model, log = two_steps(1)
     assert [r["step"] for r in log] == [0, 1, 2]
     drive_keys = {"cls_dlogscale", "reg_dlogscale", "cls_dlognoise", "reg_dlognoise", "median_noise"}
     for row in log:
         assert drive_keys <= set(row)
     # measuring the drive must not change training: the same steps without the log give the same heads
-    again = CausalQwen.from_base(base, NUM, CausalConfig(gamma0=2.0))
-    stream = iter([{"input_ids": ids, "numerical_values": vals.float(), "attention_mask": mask}] * 4)
-    _fit(
-        again,
-        stream,
-        lambda b: again(b["input_ids"], b["numerical_values"], b["attention_mask"]),
-        lambda first: None,
-        steps=2,
-        lr=1e-2,
-        lr_pretrained=None,
-        seed=0,
-        log_every=100,
-        on_log=None,
-        clip="per_parameter",
-    )
+    again, _ = two_steps(100)
     for a, b in zip(model.parameters(), again.parameters(), strict=True):
         assert torch.equal(a, b)
 
