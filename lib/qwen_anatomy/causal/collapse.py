@@ -277,18 +277,7 @@ def collapse_plot(studies: dict[str, study_report.Study], title: str | None = No
 
 
 # -- a remedy against calibration ------------------------------------------------------------------
-def calibration_by_seed(study: study_report.Study, arm: str, role: str = "noisy", nominal: float = 0.95):
-    """([coverage at ``nominal``], [calibration error], [MAE]) of one arm on the ``role`` numbers, one
-    value per seed."""
-    frame = study_report.numbers_frame(study)
-    frame = frame[(frame["role"] == role) & (frame["arm"] == arm)]
-    cov, err, mae = [], [], []
-    for _seed, g in frame.groupby("seed"):
-        u = study_report.pit(g["value"], g["loc"], g["scale"], g["dist"])
-        cov.append(study_report.coverage_curve(u, (nominal,))[0])
-        err.append(study_report.calibration_error(study_report.coverage_curve(u)))
-        mae.append(float((g["loc"] - g["value"]).abs().mean()))
-    return cov, err, mae
+calibration_by_seed = study_report.calibration_by_seed
 
 
 def remedy_table(

@@ -520,6 +520,20 @@ def coverage_verdict(values, arm: str, nominal: float = 0.95, oracle: float | No
     )
 
 
+def calibration_by_seed(study: Study, arm: str, role: str = "noisy", nominal: float = 0.95):
+    """([coverage at ``nominal``], [calibration error], [MAE]) of one arm on the ``role`` numbers, one
+    value per seed (seeds in order)."""
+    frame = numbers_frame(study)
+    frame = frame[(frame["role"] == role) & (frame["arm"] == arm)]
+    cov, err, mae = [], [], []
+    for _seed, g in frame.groupby("seed"):
+        u = pit(g["value"], g["loc"], g["scale"], g["dist"])
+        cov.append(coverage_curve(u, (nominal,))[0])
+        err.append(calibration_error(coverage_curve(u)))
+        mae.append(float((g["loc"] - g["value"]).abs().mean()))
+    return cov, err, mae
+
+
 def calibration_sentences(study: Study, role: str = "noisy", nominal: float = 0.95) -> str:
     """Coverage at ``nominal`` and the calibration error over every level, per arm, beside the oracle."""
     frame = numbers_frame(study)
@@ -530,13 +544,7 @@ def calibration_sentences(study: Study, role: str = "noisy", nominal: float = 0.
     )
     lines = []
     for arm in study.arms:
-        cov, err = [], []
-        for seed in study.seeds:
-            g = frame[(frame["arm"] == arm) & (frame["seed"] == seed)]
-            if len(g):
-                u = pit(g["value"], g["loc"], g["scale"], g["dist"])
-                cov.append(coverage_curve(u, (nominal,))[0])
-                err.append(calibration_error(coverage_curve(u)))
+        cov, err, _ = calibration_by_seed(study, arm, role, nominal)
         v = coverage_verdict(cov, arm, nominal, None if oracle_curve is None else oracle_curve[0])
         oracle_err = "" if oracle_curve is None else f" (oracle {calibration_error(oracle_curve[1:]):.3f})"
         lines.append(
