@@ -324,32 +324,14 @@ def _unit_interval(values):
     return seed_interval(values, CONFIDENCE, bounds=(0.0, 1.0))
 
 
-def _check_same_budget(reference: study_report.Study, remedy: study_report.Study) -> None:
-    keys = (
-        "model",
-        "steps",
-        "batch_size",
-        "lr",
-        "lr_pretrained",
-        "n_train",
-        "n_eval",
-        "vocab",
-        "train_layers",
-    )
-    diff = [k for k in keys if reference.config.get(k) != remedy.config.get(k)]
-    if diff:
-        raise UserInputError(
-            f"the remedy in {remedy.path} differs from the study in {reference.path} in {', '.join(diff)}: "
-            "a remedy is compared at the same backbone, data and budget; rerun it with the study's settings"
-        )
-
-
 def remedy_sentences(
     reference: study_report.Study, remedy: study_report.Study, remedy_name: str, role: str = "noisy"
 ) -> str:
     """The remedy against the default CausalQwen and the baseline of the same budget: calibration error,
     95 % coverage (its verdict), MAE on the ``role`` numbers, and whether the scale of U still collapsed."""
-    _check_same_budget(reference, remedy)
+    from .variants import check_same_budget
+
+    check_same_budget(reference, remedy, "remedy")
     cov_r, err_r, mae_r = calibration_by_seed(remedy, ARM, role)
     name = f"{ARM} with {remedy_name}"
     lines = [f"- {study_report.coverage_verdict(cov_r, name).sentence}."]

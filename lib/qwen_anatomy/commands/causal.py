@@ -1,4 +1,4 @@
-"""``qwen-anatomy causal train|eval|generate|suite|study|report|pretrain``: CausalQwen from the command line (Part V).
+"""``qwen-anatomy causal train|eval|generate|suite|study|variants|report|pretrain``: CausalQwen from the command line (Part V).
 
 Nothing heavy is imported at module level; every input is validated before a model is loaded.
 ``train`` writes a heads directory (the trained heads only: the frozen backbone is named, not copied):
@@ -173,7 +173,6 @@ def register(subparsers) -> None:
 
 def _study_parser(sub) -> None:
     """``causal study``: both arms x seeds on one feature cache (qwen_anatomy.causal.study)."""
-    from ..cli import non_negative_int
 
     st = sub.add_parser(
         "study",
@@ -182,8 +181,47 @@ def _study_parser(sub) -> None:
         "(arm, seed) under --out, finished runs reused, a run of another configuration refused. Settings not "
         "given take the library defaults (qwen_anatomy.causal.study.DEFAULTS).",
     )
-    st.add_argument("--model", default=None, help=f"backbone (default causal-tiny-lm): {MODEL_HELP}")
     st.add_argument("--out", type=Path, default=None, help="study folder (default data/results/causal/study)")
+    _study_flags(st)
+    st.add_argument(
+        "--estimate",
+        action="store_true",
+        help="time a few cached steps of each arm and print the study's projected cost; trains nothing, "
+        "writes nothing",
+    )
+    st.add_argument(
+        "--estimate-steps", type=positive_int, default=3, help="steps timed per arm (the first is warm-up)"
+    )
+    st.add_argument(
+        "--estimate-out",
+        type=Path,
+        default=None,
+        help="with --estimate: also save the measurement as DIR/estimate.json with its run record (a new "
+        "folder; an existing estimate is never overwritten), so a chapter can quote it",
+    )
+    st.set_defaults(func=cmd_study)
+
+    va = sub.add_parser(
+        "variants",
+        help="the head's design choices (comparison, ablation, initialization), each a CausalQwen study",
+        description="Train every variant of a plan (configs/causal/variants.yaml) as a CausalQwen-only study "
+        "under --out/<name>, with the study settings given here (those of the reference study the variants "
+        "are compared with). Everything is checked before anything trains; finished runs are reused.",
+    )
+    va.add_argument(
+        "--plan", type=Path, default=None, help="the variants (default configs/causal/variants.yaml)"
+    )
+    va.add_argument("--out", type=Path, required=True, help="the variants folder (created or resumed)")
+    va.add_argument("--only", nargs="+", default=None, metavar="NAME", help="train only these variants")
+    _study_flags(va)
+    va.set_defaults(func=cmd_variants)
+
+
+def _study_flags(st) -> None:
+    """The study settings shared by ``causal study`` and ``causal variants``."""
+    from ..cli import non_negative_int
+
+    st.add_argument("--model", default=None, help=f"backbone (default causal-tiny-lm): {MODEL_HELP}")
     st.add_argument("--seeds", type=non_negative_int, nargs="+", default=None, help="default 0 1 2")
     st.add_argument("--steps", type=positive_int, default=None, help="optimiser steps per run (300)")
     st.add_argument("--batch-size", type=positive_int, default=None, help="texts per step (16)")
@@ -226,25 +264,8 @@ def _study_parser(sub) -> None:
         default=None,
         help="where feature caches live (default scratch/causal-cache)",
     )
-    st.add_argument(
-        "--estimate",
-        action="store_true",
-        help="time a few cached steps of each arm and print the study's projected cost; trains nothing, "
-        "writes nothing",
-    )
-    st.add_argument(
-        "--estimate-steps", type=positive_int, default=3, help="steps timed per arm (the first is warm-up)"
-    )
-    st.add_argument(
-        "--estimate-out",
-        type=Path,
-        default=None,
-        help="with --estimate: also save the measurement as DIR/estimate.json with its run record (a new "
-        "folder; an existing estimate is never overwritten), so a chapter can quote it",
-    )
     st.add_argument("--no-progress", action="store_true", help="no progress bars")
     _precision_flags(st)
-    st.set_defaults(func=cmd_study)
 
 
 STUDY_FLAGS = {
@@ -332,6 +353,29 @@ def cmd_study(args) -> int:
         f"study in {out}: trained {len(result['trained'])} run(s), reused {len(result['reused'])}"
         + (f"; feature cache {result['cache']}" if result["cache"] else "")
     )
+    return 0
+
+
+def cmd_variants(args) -> int:
+    from ..causal import variants
+    from ..devices import resolve
+
+    plan = variants.load_plan(args.plan or variants.PLAN)
+    config = _study_config(args)
+    resolve(args.device, args.dtype)
+    result = variants.run(
+        plan,
+        config,
+        args.out,
+        only=args.only,
+        progress=not args.no_progress,
+        log=lambda m: print(m, flush=True),
+        device=args.device,
+        dtype=args.dtype,
+    )
+    trained = sum(len(r["trained"]) for r in result.values())
+    reused = sum(len(r["reused"]) for r in result.values())
+    print(f"variants in {args.out}: {len(result)} variant(s), trained {trained} run(s), reused {reused}")
     return 0
 
 
@@ -695,9 +739,13 @@ def cmd_report(args) -> int:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no window
+    from ..causal import variants
     from ..causal.report import write_report
 
-    out = write_report(args.results_dir, args.out, args.reference)
+    if variants.is_variants_dir(args.results_dir):
+        out = variants.write_report(args.results_dir, args.out, args.reference)
+    else:
+        out = write_report(args.results_dir, args.out, args.reference)
     print(f"wrote {out}")
     return 0
 
