@@ -23,8 +23,9 @@
 # This chapter checks the Cauchy facts numerically, builds the model piece by piece from
 # `qwen_anatomy.causal` on a real backbone (the `model` parameter; by default the book's Qwen2,
 # Qwen2.5-Coder-0.5B-Instruct), shows that at step 0 it reproduces the base model exactly, trains it on a
-# frozen backbone beside an honest baseline, and reads the saved results of the experiment suites, which
-# were run once on the backbone named where they are read and are not re-run here. The design
+# frozen backbone beside an honest baseline, and reads the saved results of the book-scale study and of
+# the head's design choices, which were run once on the backbone named where they are read (their
+# commands are in `data/results/causal/README.md`) and are not re-run here. The design
 # follows the project spec (one consistent version of the original CausalQwen); where the spec is silent,
 # the choice made is named and explained.
 
@@ -36,9 +37,6 @@ step0_texts = 16  # evaluation texts for the step-0 measurements
 live_model = "causal-tiny-lm"  # small project backbone trained live in this chapter
 live_steps = 300
 live_batch = 16
-results_dir = "data/results/causal"  # saved results are read, not run (see its README.md)
-saved_suites_model = "smollm2-135m"  # backbone of the basic/comparison/ablation/initialization suites
-saved_comprehensive_model = "smollm2-135m"  # the backbone of the saved comprehensive suite
 study_dir = "data/results/causal/study"  # the study; when empty, it runs here on live_model with this budget:
 study_seeds = [0, 1, 2]
 study_steps = 300
@@ -49,6 +47,7 @@ second_study_dir = "data/results/causal/study-smollm2"  # the same study on Smol
 collapse_dir = "data/results/causal/collapse"  # why the scale of U collapses: short runs of head variants
 remedy_dir = "data/results/causal/remedies/learnable-threshold"  # one remedy at the study's budget
 remedy_name = "learnable per-class thresholds"
+variants_dir = "data/results/causal/variants-smollm2"  # the head's design choices, 3 seeds each
 seed = 0
 
 # %%
@@ -62,10 +61,10 @@ from IPython.display import Markdown, display
 
 from qwen_anatomy.causal import cauchy, study_report
 from qwen_anatomy.causal import collapse as causal_collapse
-from qwen_anatomy.causal import experiments as causal_experiments
 from qwen_anatomy.causal import plots as causal_plots
 from qwen_anatomy.causal import report as causal_report
 from qwen_anatomy.causal import study as causal_study
+from qwen_anatomy.causal import variants as causal_variants
 from qwen_anatomy.causal.data import evaluation_sets, make_texts
 from qwen_anatomy.causal.model import BaselineQwen, CausalConfig, CausalQwen, phi
 from qwen_anatomy.causal.numtok import NumberTokenizer
@@ -76,20 +75,6 @@ from qwen_anatomy.modelnames import model_label
 torch.set_num_threads(1)
 torch.manual_seed(seed)
 pd.set_option("display.precision", 3)
-
-# %% tags=["hide-input"]
-# The saved suites are read first, so that a missing or unreadable result stops the chapter here, with
-# the command that regenerates it, before any model is trained.
-results_root = REPO_ROOT / results_dir  # an absolute parameter stays as given
-saved = {
-    suite: causal_report.load_suite(suite, saved_suites_model, results_root)
-    for suite in causal_experiments.SUITES
-}
-book_runs = causal_report.load_runs("comprehensive", saved_comprehensive_model, results_root)
-for run in [*saved.values(), *([book_runs[-1]] if saved_comprehensive_model != saved_suites_model else [])]:
-    print(
-        f"{run.results['suite']:>14s} on {run.results['config']['model']}: {run.path.relative_to(REPO_ROOT)}"
-    )
 
 # %% [markdown]
 # ## The Cauchy facts, checked
@@ -269,9 +254,8 @@ display(
 display(Markdown(causal_report.threshold_effect_sentence(threshold_grid, sums, agree, median_scale_s)))
 
 # %% [markdown]
-# The default threshold is checked against the comparison suite below, which trains with several
-# thresholds: if training reshapes the scales, the sum of the OvR probabilities should approach 1 whatever
-# the starting threshold.
+# The default threshold is checked against training further below: the head's design choices include
+# thresholds of 0, 100 and 1000 beside the default 10, each trained with three seeds.
 #
 # ## The loss
 #
@@ -310,23 +294,18 @@ display(Markdown(causal_report.threshold_effect_sentence(threshold_grid, sums, a
 #
 # **Two learning rates.** Adam moves every entry of a parameter by about the learning rate per step,
 # whatever its gradient. On a real backbone the copied head and the identity abduction are large matrices
-# (the saved runs' sizes are printed below): at the rate that suits the new parameters ($10^{-2}$), a handful of steps
+# (896 × 896 and one row of 896 per class on Qwen2.5-0.5B): at the rate that suits the new parameters ($10^{-2}$), a handful of steps
 # rewrites the base model's ranking of tokens, and the head must relearn it from scratch. `train(lr_pretrained=...)` gives
 # the matrices copied from the base model (identity abduction, LM-head copy; `pretrained_parameters()`) their
 # own, smaller rate. The `<NUM>` row is a new class, so it lives apart (`num_class_row`) and learns at the
 # full rate. The baseline's head copy gets the same treatment, so the comparison stays fair. On the small
-# backbone below the whole head trains at one rate; the saved runs' rates, read from their
-# configurations, are printed below.
+# backbone below the whole head trains at one rate; the study's rates are printed with it.
 #
 # **Clipping per parameter.** Gradient norms are clipped at 1 for each parameter on its own, not for all
 # of them together. Under the OvR loss on a large vocabulary the scale of $U$ collapses towards 0 within
 # a few steps (the health curves show it), and the gradient of the scale network grows like one over the
 # scale. A global clip divides every gradient by that one norm, pushing the regression head's below Adam's
-# $\epsilon$, and the regression head stops learning. The saved history below keeps a run trained with a
-# global clip beside the per-parameter one. `train(clip="global")` keeps the old behaviour.
-
-# %% tags=["remove-input"]
-display(Markdown(causal_report.head_sizes_sentence(saved)))
+# $\epsilon$, and the regression head stops learning. `train(clip="global")` keeps the old behaviour.
 
 # %%
 live_base, live_tok = load_model(live_model)
@@ -386,9 +365,8 @@ display(pd.DataFrame(rows))
 # %% [markdown]
 # ## The study: do the heads predict numbers that can be predicted?
 #
-# The suites further below were run on the first build's templates, where most numbers are drawn at
-# random, so no model can do better than the middle of the range. The study asks the question on texts
-# where an answer exists (`qwen_anatomy.causal.templates`). Every number carries a *role* that says how
+# A number can only be predicted when the text says something about it. The study asks the question on
+# texts where an answer exists (`qwen_anatomy.causal.templates`). Every number carries a *role* that says how
 # the text before it predicts it: copied from an earlier sentence, a sum, a difference, a total
 # (quantity times price), a unit conversion, the next term of an arithmetic sequence; or a *noisy*
 # reading of a stated weight on a scale with a stated error, whose law is known exactly; or nothing at
@@ -554,127 +532,63 @@ display(Markdown(study_report.calibration_sentences(second_study)))
 display(Markdown(study_report.detection_sentence(second_study)))
 
 # %% [markdown]
-# ## The experiment suites
+# ## The head's design choices, with three seeds
 #
-# Each suite is `qwen_anatomy.causal.experiments.run(config)`, saved with a run record under
-# `data/results/causal/<suite>/` by `qwen-anatomy causal suite --suite NAME --model M --steps N` (the exact
-# commands are in that folder's README). Every variant starts from the same frozen backbone and sees the same
-# batches for the same number of steps. The chapter read the saved runs at its start (every build reads
-# the same files; a missing one stops the chapter with the command that regenerates it). Their budgets,
-# computed from the runs and their records:
+# The spec's suites vary one choice of the head at a time: the OvR threshold $C$, the causal dimension
+# (with $C = H/2$ the abduction cannot start as the identity, so it starts random), the weight $\lambda$
+# of the regression term and the gate $\alpha$ (*comparison*); the classifier (OvR or softmax
+# cross-entropy on $\mu_S$) crossed with the distribution (Cauchy, or Normal with scales
+# $\sqrt{\sum w^2\sigma^2}$) (*ablation*); the prior scale $\gamma_0$ and a random (Xavier) abduction,
+# which loses the step-0 equivalence with the base model (*initialization*). Each switch is read by the
+# forward pass or the loss; the tests fail if one is a no-op.
+#
+# Each variant is a CausalQwen-only study (`qwen-anatomy causal variants`, the plan in
+# `configs/causal/variants.yaml`) with the budget, texts, classes, feature cache and seeds of a reference
+# study of the default head, which is not trained again; a variant of another budget is refused. Four
+# numbers per seed compare them: the **relative MAE** (the geometric mean over the six predictable roles
+# of the value error divided by the better trivial reference's: under 1 beats the references on
+# average), the **calibration error** and the **95 % coverage** on the noisy readings, and the **token
+# accuracy** (the mean over the evaluation sets). A variant is better or worse than the default on a
+# number when their intervals over seeds do not overlap. The table also counts the roles on which each
+# model beats its better trivial reference, and gives the median scale of U at the end of training
+# (does the variant still collapse?).
 
-# %% tags=["remove-input"]
+# %% tags=["hide-input"]
+variants_saved = causal_variants.load(REPO_ROOT / variants_dir)
+variants_reference = causal_variants.find_reference(REPO_ROOT / variants_dir, variants_saved)
 display(
     Markdown(
-        causal_report.saved_suites_note(
-            sorted({model_label(saved_suites_model), model_label(saved_comprehensive_model)}),
-            model_label(model),
-        )
+        causal_variants.description(variants_reference, variants_saved)
         + " "
-        + causal_report.budget_sentence(saved, earlier=book_runs)
+        + causal_variants.plan_sentence(variants_saved)
     )
 )
+display(causal_variants.variants_table(variants_reference, variants_saved))
+
+# %% [markdown]
+# In the figure each black bar is a variant's interval over seeds; the blue band is the default head's,
+# the dashed orange line the baseline's mean. Look for bars clear of the blue band: only those are
+# differences.
 
 # %% tags=["hide-input"]
-comprehensive_book = book_runs[-1]
-display(Markdown(causal_report.suite_description(comprehensive_book)))
-table = (
-    causal_experiments.metrics_table(
-        comprehensive_book.results,
-        (
-            "num_f1",
-            "num_precision",
-            "num_recall",
-            "mae",
-            "rmse",
-            "coverage95",
-            "accuracy",
-            "compat_accuracy",
-            "ece",
-        ),
-    )
-    .set_index(["set", "variant"])
-    .sort_index()
-)
-display(table)
-display(
-    Markdown(
-        "CausalQwen against the baseline (coverage judged by its distance from 95%):\n\n"
-        + causal_report.winner_sentences(comprehensive_book.results)
-    )
-)
-display(Markdown(causal_report.settled_sentence(comprehensive_book.results)))
-for metric in ("num_f1", "mae", "coverage95"):
-    causal_plots.metric_bars(
-        comprehensive_book.results,
-        metric,
-        log_scale=metric == "mae",
-        title=f"comprehensive suite, {saved_comprehensive_model}",
-    )
-
-# %% [markdown]
-# Every saved run of this suite on the book model, oldest first (the tables above show the newest):
-
-# %% tags=["hide-input"]
-history = causal_report.history_table(book_runs)
-display(history)
-clip_text = causal_report.clip_sentence(history)
-if clip_text is not None:
-    display(Markdown(clip_text))
-
-# %%
-basic = saved["basic"]
-display(Markdown(causal_report.suite_description(basic)))
-display(causal_experiments.metrics_table(basic.results).set_index(["set", "variant"]).sort_index())
-display(Markdown(causal_report.winner_sentences(basic.results)))
-if saved_suites_model != saved_comprehensive_model:  # otherwise shown in full above
-    comprehensive_suite = saved["comprehensive"]
-    display(Markdown(causal_report.suite_description(comprehensive_suite)))
-    display(
-        causal_experiments.metrics_table(comprehensive_suite.results)
-        .set_index(["set", "variant"])
-        .sort_index()
-    )
-    display(Markdown(causal_report.winner_sentences(comprehensive_suite.results)))
-reference = saved["comprehensive"].results
-
-# %% [markdown]
-# In the three suites below the dashed line marks the baseline of the same backbone (from its
-# comprehensive suite).
-
-
-# %%
-comparison = saved["comparison"]
-causal_report.show_suite(comparison, reference, saved_suites_model)
-display(causal_report.threshold_sums(comparison.results))
-display(Markdown(causal_report.threshold_sentence(comparison.results, CausalConfig().threshold)))
-
-# %% [markdown]
-# The ablation suite crosses the classifier (OvR binary cross-entropy or softmax cross-entropy on
-# $\mu_S$) with the distribution (Cauchy, or Normal with scales $\sqrt{\sum w^2\sigma^2}$). Each switch is
-# read by the forward pass or the loss; the tests fail if one is a no-op.
-
-# %%
-ablation = saved["ablation"]
-causal_report.show_suite(ablation, reference, saved_suites_model)
-
-# %% [markdown]
-# The initialization suite varies the prior scale $\gamma_0$ and replaces the identity abduction by a random
-# (Xavier) one, which loses the step-0 equivalence with the base model.
-
-# %%
-initialization = saved["initialization"]
-causal_report.show_suite(initialization, reference, saved_suites_model)
+fig = causal_variants.forest_plot(variants_reference, variants_saved)
+display(Markdown(causal_variants.variants_sentences(variants_reference, variants_saved)))
 
 # %% [markdown]
 # ## What the numbers say, and what they do not
 #
-# The values in these synthetic texts are drawn at random, except in the question/answer template, which
-# repeats a number stated earlier. So most regression targets are unpredictable from the text, and MAE
-# mostly measures how well a model finds the middle of the value range, not understanding; the QA set is
-# where copying through the numeric channel can show. The extreme set lies far outside the training range
-# (values up to 1e5 against training values below 100), so its absolute errors are not comparable with the
-# other sets. The published reference points of the
-# original project (RMSE 42.1 on basic, 48.1 on QA) come from an easier pooled variant and are not
-# comparable one to one. The budgets here are small, set by a shared CPU machine: the saved run records
-# say exactly how many steps each model had.
+# What the study can say: on texts where an answer exists, whether each head beats the trivial
+# references role by role, with intervals over seeds; how well each head's laws are calibrated against a
+# known truth; and whether a design choice of the head changes either. What it cannot say:
+#
+# - Every head trained on cached features of a **frozen backbone**. A role that neither arm learns (the
+#   verdicts above name them) may need the backbone to carry the value to where it is needed, which only
+#   training its layers can show; the cost of that is quoted above.
+# - The output classes are the **token ids of the templates**, not the whole vocabulary, so token
+#   accuracy, `<NUM>` F1 and ECE are over those classes (said beside the study).
+# - The texts are **synthetic**, and the extreme and boundary sets live on other scales, so their errors
+#   are scored apart. The published reference points of the original project (RMSE 42.1 on basic, 48.1
+#   on QA) come from other data and are not comparable with these.
+
+# %% tags=["remove-input"]
+display(Markdown(causal_variants.backbone_note(variants_reference, study)))

@@ -5,7 +5,9 @@ configuration, reports), and the per-seed metrics, verdicts and sentences match 
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -133,10 +135,10 @@ def test_report_of_the_ci_variants(saved, capsys):
     table = cv.variants_table(reference, loaded)
     assert list(table.index.get_level_values("variant"))[:2] == ["default head", "baseline"]
     assert ("comparison", "lam = 10") in table.index
-    assert table.loc[("comparison", "lam = 10"), "vs default: relative MAE"] in ("better", "worse", "=")
+    assert table.loc[("comparison", "lam = 10"), "differs from the default head"]
     text = cv.variants_sentences(reference, loaded)
-    assert "*comparison* (1 variants)" in text and "*ablation* (1 variants)" in text
-    assert "2 seeds, 3 steps of batch" in text
+    assert "*comparison* (1 variant)" in text and "*ablation* (1 variant)" in text
+    assert "Seeds per model: 2; every model 3 steps of batch" in text
     assert main(["causal", "report", str(root)]) == 0
     assert "wrote" in capsys.readouterr().out
     summary = (root / "report" / "summary.md").read_text()
@@ -180,6 +182,9 @@ def test_seed_metrics_by_hand():
     m = cv.seed_metrics(s)
     # copy MAE 0, 0.5, 2 against the best trivial reference's 5 (the mean; a tie goes to the mean)
     assert m["relative MAE"].tolist() == pytest.approx([0.0, 0.1, 0.4])
+    # several roles: the geometric mean of the ratios, so 2x better and 2x worse cancel
+    assert cv._geometric_mean(np.array([0.5, 2.0])) == pytest.approx(1.0)
+    assert cv._geometric_mean(np.array([0.0, 2.0])) == 0.0 and math.isnan(cv._geometric_mean(np.array([])))
     assert m["token accuracy"].tolist() == pytest.approx([0.5, 0.505, 0.51])
     assert m["final median scale of U"].tolist() == [0.5, 0.5, 0.5]
     cov, err, _ = sr.calibration_by_seed(s, "CausalQwen")
@@ -202,16 +207,28 @@ def test_verdicts_and_sentences_by_hand():
         },
     )
     table = cv.variants_table(reference, loaded)
-    assert table.loc[("comparison", "lam = 10"), "vs default: relative MAE"] == "better"
+    differs = table["differs from the default head"]
+    assert differs[("comparison", "lam = 10")] == "better: relative MAE"
     assert table.loc[("comparison", "lam = 10"), "roles beaten"] == "1 of 1"
-    assert table.loc[("initialization", "gamma0 = 1"), "vs default: relative MAE"] == "="
-    assert table.loc[("ablation", "distribution = normal"), "vs default: token accuracy"] == "worse"
+    assert differs[("initialization", "gamma0 = 1")] == "none shown"
+    assert differs[("ablation", "distribution = normal")] == "worse: token accuracy"
+    assert differs[("reference", "default head")] == ""
     assert table.loc[("reference", "default head"), "roles beaten"] == "0 of 1"
+    assert table.loc[("reference", "default head"), "final scale of U"] == "0.5"
     text = cv.variants_sentences(reference, loaded)
+    # relative MAE: 0 (a perfect seed), 0.05 and 0.05: mean 0.0333
     assert "**lam = 10** is better on relative MAE (0.0333" in text
     assert "**distribution = normal** is worse on token accuracy" in text
     assert "no difference from the default is shown for **gamma0 = 1**" in text
     assert "Better than the default head: on relative MAE, lam = 10." in text
+    assert "Seeds per model: 3; every model 10 steps of batch 4" in text
+    # one seed gives no interval: no verdict, said so, never "no difference"
+    single = _hand({"CausalQwen": [[10.0, 20.0]]})
+    one = cv.Variants(None, {"s": (cv.Variant("comparison", "s", {"lam": 2}), single)})
+    assert cv.variants_table(reference, one)["differs from the default head"].iloc[-1] == "too few seeds"
+    text = cv.variants_sentences(reference, one)
+    assert "no verdict yet for **lam = 2** (1 seed)" in text and "no difference" not in text
+    assert "Seeds per model: 1 to 3" in text
     other = _hand({"CausalQwen": [[10.0, 20.0]] * 3}, config={"steps": 20})
     with pytest.raises(UserInputError, match="steps"):
         cv.variants_table(
@@ -245,3 +262,41 @@ def test_study_defaults_are_what_the_variants_change():
         changed = cv.resolve(v, 576)
         assert any(default[k] != val for k, val in changed.items()), v.name
     assert study.DEFAULTS["causal"] == {}
+
+
+def test_backbone_note_names_both_backbones_with_their_cost():
+    small = _hand({"CausalQwen": [[10.0, 20.0]] * 3}, config={"model": "small"})
+    big = _hand({"CausalQwen": [[10.0, 20.0]] * 3}, config={"model": "big"})
+    for s, secs in ((small, 100.0), (big, 700.0)):
+        for ev in s.runs.values():
+            ev["train_seconds"] = secs
+    note = cv.backbone_note(small, big)
+    assert "compared on `small`, not on the study's `big`" in note
+    assert "took 100 s there against 700 s on `big`" in note
+    assert cv.backbone_note(small, small) == ""
+
+
+def test_study_description_states_both_learning_rates():
+    s = _hand({"CausalQwen": [[10.0, 20.0]] * 3}, config={"lr": 0.01, "lr_pretrained": 0.0001})
+    for ev in s.runs.values():
+        ev["seconds_per_step"] = 0.05
+    assert (
+        "at learning rate 0.01 (0.0001 for the matrices copied from the base model)"
+        in sr.study_description(s)
+    )
+    s.config["lr_pretrained"] = None
+    assert "at learning rate 0.01, on" in sr.study_description(s)
+
+
+def test_plan_sentence_names_what_is_not_run_yet():
+    plan = [
+        cv.Variant("comparison", "a", {"lam": 10}),
+        cv.Variant("ablation", "b", {"distribution": "normal"}),
+    ]
+    one = cv.Variants(None, {"a": (plan[0], None)})
+    assert cv.plan_sentence(one, plan) == (
+        "1 of the 2 variants of the plan are saved; not run yet: ablation: distribution = normal "
+        "(rerunning the command resumes the plan)."
+    )
+    both = cv.Variants(None, {"a": (plan[0], None), "b": (plan[1], None)})
+    assert cv.plan_sentence(both, plan) == "All 2 variants of the plan are saved."

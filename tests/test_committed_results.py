@@ -253,19 +253,35 @@ def test_collapse_runs_load_and_log_the_drive_of_each_term():
     assert collapse.collapse_sentences(variants)
 
 
+def test_causal_variants_have_three_seeds_at_the_budget_of_their_reference():
+    """data/results/causal/variants-smollm2: every saved variant is the plan's change of the default
+    head, with the reference study's seeds and budget (the chapter refuses anything else)."""
+    from qwen_anatomy.causal import variants as cv
+
+    saved = cv.load(CAUSAL / "variants-smollm2")
+    reference = cv.find_reference(CAUSAL / "variants-smollm2", saved)
+    assert reference.path.name == "study-smollm2"
+    plan = {v.name: v for v in cv.load_plan()}
+    for name, (variant, study) in saved.studies.items():
+        assert variant == plan[name], name
+        assert study.seeds == reference.seeds == [0, 1, 2], name
+        assert study.arms == ["CausalQwen"] and study.config["causal"] == cv.resolve(variant, 576), name
+        cv.check_same_budget(reference, study)
+    text = cv.variants_sentences(reference, saved)
+    assert all(f"**{variant.label}**" in text for variant, _ in saved.studies.values())
+
+
 # -- CI reads what the book reads ----------------------------------------------------------------------
 RESULT_PARAMETERS = {
     "30_synthetic_tasks": ("results_root",),
     "40_heads_importance_vs_plasticity": ("results_dir", "regenerate", "theta0"),
     "50_causal_heads": (
-        "results_dir",
-        "saved_suites_model",
-        "saved_comprehensive_model",
         "study_dir",
         "study_estimates_dir",
         "second_study_dir",
         "collapse_dir",
         "remedy_dir",
+        "variants_dir",
     ),
     "90_experiments": ("results_dir", "results_notebook"),
 }

@@ -193,34 +193,36 @@ def test_heads_finding_warns_about_few_heads_on_the_committed_run():
 
 
 # -- Part V: CausalQwen against its baseline -------------------------------------------------------------------------
-def causal_variant(kind: str, sums: list[float], metrics: dict) -> dict:
-    return {"name": kind, "kind": kind, "log": [{"median_sum_p": s} for s in sums], "metrics": metrics,
-            "train_seconds": 1.0}  # fmt: skip
+def _study_run(folder, arm: str, seed: int, locs: list[float]) -> None:
+    """One finished study run: two copy targets (10, 20; both trivial references have MAE 5) predicted
+    at ``locs``, and four noisy readings predicted exactly with scale 1."""
+    config = {"model": "toy", "steps": 12, "batch_size": 4, "arm": arm, "seed": seed}
+    numbers = {
+        "set": ["copy", "copy", *["noisy"] * 4], "family": ["copy_near", "copy_far", *["noisy"] * 4],
+        "role": ["copy", "copy", *["noisy"] * 4], "value": [10.0, 20.0, 1.0, 2.0, 3.0, 4.0],
+        "mean": [15.0] * 6, "copy_last": [10.0, 10.0, 0.0, 0.0, 0.0, 0.0],
+        "oracle": [None, None, 1.0, 2.0, 3.0, 4.0], "oracle_sigma": [None, None, 1.0, 1.0, 1.0, 1.0],
+        "loc": [*locs, 1.0, 2.0, 3.0, 4.0], "scale": [1.0] * 6, "dist": ["cauchy"] * 6, "detected": [True] * 6,
+    }  # fmt: skip
+    write_json(folder / "run_record.json", {"status": "success", "parameters": {"config": config}})
+    write_json(folder / "evaluation.json", {"numbers": numbers, "sets": {}})
+    write_json(folder / "log.json", [])
 
 
-def test_causal_finding_tallies_the_winners(tmp_path):
-    causal = {"basic": {"num_f1": 0.6, "mae": 3.0, "coverage95": 0.94},
-              "qa": {"num_f1": 0.5, "mae": 1.0, "coverage95": 0.5}}  # fmt: skip
-    base = {"basic": {"num_f1": 0.5, "mae": 2.0, "coverage95": 0.80},
-            "qa": {"num_f1": 0.5, "mae": 2.0, "coverage95": 0.9}}  # fmt: skip
-    results = {
-        "suite": "comprehensive",
-        "config": {"steps": 12, "model": "toy"},
-        "backbone": {"model": "toy"},
-        "variants": [causal_variant("causal", [40.0, 1.2], causal), causal_variant("baseline", [1.0], base)],
-    }
-    run = tmp_path / "data/results/causal/comprehensive/toy-20260101T000000Z"
-    write_json(run / "results.json", results)
-    write_json(run / "run_record.json", {"status": "success"})
-    found = landing.causal_finding(tmp_path, "data/results/causal", "toy")
-    assert "`<NUM>` F1: CausalQwen better on 1, tied on 1 of 2 sets" in found.text
-    assert "MAE: CausalQwen better on 1, the baseline better on 1 of 2 sets" in found.text
-    assert "95% coverage: CausalQwen better on 1, the baseline better on 1 of 2 sets" in found.text
-    assert (
-        "median sum of its probabilities is 1.2: its one-vs-rest probabilities sum to about 1" in found.text
-    )
-    assert found.sources == ("data/results/causal/comprehensive/toy-20260101T000000Z/results.json",)
-    assert found.records == ("data/results/causal/comprehensive/toy-20260101T000000Z/run_record.json",)
+def test_causal_finding_reads_the_study(tmp_path):
+    study = tmp_path / "data/results/causal/study"
+    for seed in range(3):
+        _study_run(study / "CausalQwen" / f"seed{seed}", "CausalQwen", seed, [10.0 + seed, 20.0])
+        _study_run(study / "baseline" / f"seed{seed}", "baseline", seed, [15.0, 15.0])
+    found = landing.causal_finding(tmp_path, "data/results/causal/study")
+    assert "12 steps of batch 4 per run" in found.text
+    assert "CausalQwen beats the best trivial reference on 1 of 1 predictable roles (copy)" in found.text
+    assert "baseline beats the best trivial reference on 0 of 1" in found.text
+    # every noisy reading predicted exactly: the central intervals cover it at every level
+    assert "Mean calibration error of the predicted laws on noisy readings" in found.text
+    assert found.sources == ("data/results/causal/study",)
+    assert len(found.records) == 6 and all(r.endswith("run_record.json") for r in found.records)
+    assert not landing.causal_finding(tmp_path, "data/results/causal/none").available
 
 
 # -- Part VI: the committed grid -----------------------------------------------------------------------------------------

@@ -402,48 +402,33 @@ def _tally(rows: list[dict], n_sets: int) -> str:
     return ", ".join(parts) + f" of {n_sets} sets"
 
 
-def causal_finding(
-    root: Path = REPO_ROOT, results_dir: str | None = None, model: str | None = None
-) -> Finding:
-    """CausalQwen against the softmax baseline on the committed comprehensive suite chapter 50 reads:
-    who wins on each metric over the evaluation sets (``causal.experiments.winners``), and whether the
-    one-vs-rest head has settled (``causal.report.near_one``)."""
-    from .causal import report
-    from .causal.experiments import winners
+def causal_finding(root: Path = REPO_ROOT, study_dir: str | None = None) -> Finding:
+    """CausalQwen against the softmax baseline in the committed study chapter 50 reads: on how many of
+    the predictable roles each arm beats the better trivial reference (``study_report.value_summary``),
+    and each arm's calibration error on the noisy readings (intervals over seeds)."""
+    from .causal import study_report as sr
     from .modelnames import model_label
 
-    defaults = chapter_defaults("50_causal_heads")
-    results_dir = results_dir or defaults["results_dir"]
-    model = model or defaults["saved_comprehensive_model"]
-    try:
-        saved = report.load_suite("comprehensive", model, root / results_dir)
-    except FileNotFoundError as err:
-        return missing(f"{results_dir}/comprehensive", detail=str(err))
-    results = saved.results
-    rows = winners(results)
-    sets = list(dict.fromkeys(r["set"] for r in rows))
-    per_metric = "; ".join(
-        f"{label.replace('<NUM>', '`<NUM>`')}: {_tally([r for r in rows if r['metric'] == metric], len(sets))}"
-        for metric, label in report.METRIC_LABELS.items()
-        if any(r["metric"] == metric for r in rows)
-    )
-    causal = next(v for v in results["variants"] if v["kind"] == "causal")
-    sum_p = causal["log"][-1]["median_sum_p"]
-    steps = results["config"]["steps"]
-    settled = (
-        "its one-vs-rest probabilities sum to about 1, as a calibrated head's should"
-        if report.near_one(sum_p)
-        else "its one-vs-rest probabilities have not yet reached the regime where they sum to about 1, so "
-        "this compares an unfinished head at a budget set by the CPU"
+    study_dir = study_dir or chapter_defaults("50_causal_heads")["study_dir"]
+    path = root / study_dir
+    if not sr.study_exists(path):
+        return missing(study_dir, command="qwen-anatomy causal study, see data/results/causal/README.md")
+    study = sr.load_study(path)
+    cfg = study.config
+    calibration = ", ".join(
+        f"{arm} {sr.interval_text(sr.seed_interval(sr.calibration_by_seed(study, arm)[1], sr.CONFIDENCE, (0.0, 1.0)))}"
+        for arm in study.arms
     )
     text = (
-        f"On {model_label(model)} (frozen backbone, {steps} training steps, comprehensive suite), "
-        f"CausalQwen's head against a softmax head with a Normal regression head on the same backbone: "
-        f"{per_metric} (coverage: the closer to 95% wins). After {steps} steps the median sum of its "
-        f"probabilities is {sum_p:.3g}: {settled}."
+        f"On {model_label(cfg['model'])} (frozen backbone, heads trained on cached features, "
+        f"{cfg['steps']:,} steps of batch {cfg['batch_size']} per run), on texts whose numbers can be "
+        f"predicted from the context: {sr.value_summary(study)} Mean calibration error of the predicted "
+        f"laws on noisy readings with a known spread: {calibration}."
     )
-    run = _rel(saved.path, root)
-    return Finding(text, (f"{run}/results.json",), records=(f"{run}/run_record.json",))
+    records = tuple(
+        _rel(r.parent / "run_record.json", root) for r in sorted(path.glob("*/seed*/evaluation.json"))
+    )
+    return Finding(text, (study_dir,), records=records)
 
 
 # -- Part VI: a committed grid, compared across seeds ----------------------------------------------------------------

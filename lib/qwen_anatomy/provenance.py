@@ -54,7 +54,10 @@ KNOWN_EXCEPTIONS: dict[str, str] = {
     "data/models/relu-n10-forward/*": "issue 15 replaces the synthetic heads pair (θ0) and retrains it",
     "data/models/square-n10-forward/*": "issue 16 retrains the shipped task models with the sweep",
     "data/results/heads/*": "issue 15 regenerates the heads experiments (real pair, N >= 96)",
-    "data/results/causal/*": "issue 14 regenerates every CausalQwen suite with seeds on Qwen2.5",
+    "data/results/causal/*/causal-tiny-lm-20261122T*": "issue 14: single-seed suites of the first templates, "
+    "superseded by the study and the variants with seeds, kept as the fixtures of `causal report`",
+    "data/results/causal/comprehensive/smollm2-135m-20261122T133113Z/*": "issue 14: a single-seed suite of "
+    "the first templates (global clipping), superseded by the study and the variants with seeds",
     "data/models/causal-tiny-lm/*": "issue 14 retrains the tiny CausalQwen backbone with the new data",
 }
 

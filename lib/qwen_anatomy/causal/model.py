@@ -67,8 +67,7 @@ class CausalConfig:
     gamma0: float = 10.0  # softplus(b_s) at initialisation: the prior scale of U
     b_noise: float = 0.1
     # C of threshold_mode "scalar" (the measured per-class modes do not read it). A convention, not a
-    # measured optimum: 10 had the best mean <NUM> F1 of 0/10/100/1000 in the causal-tiny-lm comparison
-    # suite, but in the SmolLM2 one 20 scored marginally higher (chapter 50 prints that comparison).
+    # measured optimum: chapter 50 compares it with 0, 100 and 1000 over three seeds (causal variants).
     threshold: float = 10.0
     threshold_mode: str = "scalar"  # scalar, per_class (measured, frozen), learnable (measured, trained)
     alpha: float = 1.0  # gate: 1 = hard mask, 0 = weight by P_<NUM>

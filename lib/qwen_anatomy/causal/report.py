@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from .experiments import DEFAULTS, RESULTS_ROOT, SUITES, all_results, metrics_table, suite_variants, winners
+from .experiments import RESULTS_ROOT, SUITES, all_results, metrics_table, winners
 
 METRIC_LABELS = {"num_f1": "<NUM> F1", "mae": "MAE", "coverage95": "95% coverage"}
 # A one-vs-rest head is calibrated when its probabilities sum to about 1 at a position: this band.
@@ -176,18 +176,6 @@ def num_token_sentence(model: str, num_token_id: int, added_to_tokenizer: bool, 
     return f"On {model}, {where}."
 
 
-def saved_suites_note(saved_models: list[str], live_model: str) -> str:
-    """Which backbone the saved suites ran on, against the backbone of the chapter's step-by-step build:
-    the saved runs are read as they were saved, never re-run for the page (chapter 50_causal_heads)."""
-    names = " and ".join(f"**{m}**" for m in saved_models)
-    if list(saved_models) == [live_model]:
-        return f"The saved suites ran on {names}, the backbone of this page's step-by-step build."
-    return (
-        f"The saved suites are read as they were saved, not re-run for this page: their backbone is {names}, "
-        f"while this page's step-by-step build ran on **{live_model}**."
-    )
-
-
 def threshold_effect_sentence(
     thresholds: list[float], sums: list[float], agree: list[float], median_scale: float
 ) -> str:
@@ -199,51 +187,6 @@ def threshold_effect_sentence(
         f"probabilities. The OvR argmax agrees with the base argmax most often at C = {thresholds[best]:g} "
         f"({agree[best]:.0%} of positions), and the median sum of probabilities falls from {sums[0]:.0f} "
         f"(C = {thresholds[0]:g}) to {sums[-1]:.3g} (C = {thresholds[-1]:g})."
-    )
-
-
-def history_table(runs: list[SavedSuite]) -> pd.DataFrame:
-    """Every saved run of a suite, one row per variant: budget, clipping, mean F1 and accuracy, MAE."""
-    rows = []
-    for saved in runs:
-        cfg = saved.results["config"]
-        for v in saved.results["variants"]:
-            metrics = v["metrics"].values()
-            rows.append(
-                {
-                    "run": saved.path.name,
-                    "steps": cfg["steps"],
-                    "lr": cfg["lr"],
-                    "lr_pretrained": cfg.get("lr_pretrained") or cfg["lr"],
-                    "clip": cfg.get("clip", "global"),  # runs before the clip setting clipped globally
-                    "model": v["name"],
-                    "mean <NUM> F1": sum(m["num_f1"] for m in metrics) / len(metrics),
-                    "mean accuracy": sum(m["accuracy"] for m in metrics) / len(metrics),
-                    "final median sum P_k": v["log"][-1]["median_sum_p"],
-                    "MAE (basic set)": v["metrics"].get("basic", {}).get("mae", float("nan")),
-                    "MAE (qa set)": v["metrics"].get("qa", {}).get("mae", float("nan")),
-                    "train seconds": v["train_seconds"],
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def clip_sentence(history: pd.DataFrame) -> str | None:
-    """CausalQwen's MAE with a global clip against per-parameter clipping (the newest run of each);
-    None unless both kinds of run were saved."""
-    if history.empty:
-        return None
-    causal = history[history["model"] == "CausalQwen"]
-    last = {c: g.iloc[-1] for c, g in causal.groupby("clip")}
-    if not {"global", "per_parameter"} <= set(last):
-        return None
-    g, p = last["global"], last["per_parameter"]
-    return (
-        f"CausalQwen's mean absolute error on the basic and QA sets: {g['MAE (basic set)']:.3g} and "
-        f"{g['MAE (qa set)']:.3g} with a global clip ({g['steps']} steps), "
-        f"{p['MAE (basic set)']:.3g} and {p['MAE (qa set)']:.3g} clipped per parameter "
-        f"({p['steps']} steps). (The batch regression losses in the training logs are too noisy "
-        "to compare: each batch holds a handful of numbers.)"
     )
 
 
@@ -351,66 +294,8 @@ def seconds_per_step(results: dict) -> list[float]:
     return [v["train_seconds"] / steps for v in results["variants"] if "same_as" not in v]
 
 
-def budget_sentence(
-    saved: dict[str, SavedSuite], earlier: list[SavedSuite] = (), longest: str = "comprehensive"
-) -> str:
-    """The budgets of the saved suites the chapter reads (``{suite: SavedSuite}``), from their records:
-    the backbone, the machine, the measured seconds per step (over ``earlier`` runs too, such as the
-    older runs the chapter shows beside the newest), the steps of ``longest`` against the others, the
-    models the others trained, and the comparison grid against the library default."""
-    others = {s: v for s, v in saved.items() if s != longest}
-    every = list({v.path: v for v in [*saved.values(), *earlier]}.values())
-    per_step = [x for v in every for x in seconds_per_step(v.results)]
-    cores = sorted({v.record.get("machine", {}).get("cpu_count") for v in every} - {None})
-    models = sorted({v.results["backbone"]["model"] for v in every})
-    text = (
-        f"The saved suites ran on {', '.join(f'`{m}`' for m in models)}, on a "
-        f"{'/'.join(map(str, cores)) or 'unrecorded'}-core machine; a training step took "
-        f"{min(per_step):.1f}–{max(per_step):.1f} s (train seconds over steps in the {len(every)} saved runs), so "
-        "the budgets are small."
-    )
-    if longest in saved and others:
-        long_steps = saved[longest].results["config"]["steps"]
-        other_steps = sorted({v.results["config"]["steps"] for v in others.values()})
-        n_models = sum(trained_models(v.results) for v in others.values())
-        text += (
-            f" The {longest} suite trains each model for {long_steps} steps; the other "
-            f"{len(others)} suites train {n_models} models between them for "
-            f"{'/'.join(map(str, other_steps))} steps each."
-        )
-    if "comparison" in saved:
-        res = saved["comparison"].results
-        default_grid = len(suite_variants("comparison", DEFAULTS, res["backbone"]["hidden_size"]))
-        n = len(res["variants"])
-        size = "smaller than" if n < default_grid else "as large as" if n == default_grid else "larger than"
-        text += f" The comparison grid has {n} variants, {size} the library default's {default_grid}."
-    return text
-
-
-def head_sizes_sentence(saved: dict[str, SavedSuite]) -> str:
-    """The copied matrices' sizes on the saved runs' backbone, and the learning rates the runs used."""
-    first = next(iter(saved.values())).results["backbone"]
-    h = first["hidden_size"]
-    rates = sorted(
-        {
-            (v.results["config"].get("lr_pretrained") or v.results["config"]["lr"], v.results["config"]["lr"])
-            for v in saved.values()
-        }
-    )
-    rate_txt = "; ".join(
-        f"{lrp:g} for the copied matrices and {lr:g} for everything new"
-        if lrp != lr
-        else f"{lr:g} for every matrix"
-        for lrp, lr in rates
-    )
-    return (
-        f"On `{first['model']}` the class head has {first['vocab_size']:,} rows of {h} entries and the identity "
-        f"abduction is {h} × {h}. The saved runs trained at {rate_txt} (from their configurations)."
-    )
-
-
 class SuiteReport(NamedTuple):
-    """What chapter 50 and ``qwen-anatomy causal report`` show of one suite (:func:`suite_report`)."""
+    """What ``qwen-anatomy causal report`` shows of one saved suite (:func:`suite_report`)."""
 
     description: str  # which run, its budget
     table: pd.DataFrame  # the variant pivot (:func:`variant_pivot`)
@@ -421,27 +306,13 @@ class SuiteReport(NamedTuple):
 def suite_report(saved: SavedSuite, reference: dict | None, model: str) -> SuiteReport:
     """One suite against the baseline ``reference`` (a results dict with a baseline variant, such as the
     comprehensive suite of the same backbone; None marks no baseline): the parts both the chapter
-    (:func:`show_suite`) and the report command (:func:`write_report`) show."""
+    and the report command (:func:`write_report`) show."""
     from .plots import suite_bars
 
     table, text = suite_summary(saved.results, reference)
     return SuiteReport(
         suite_description(saved), variant_pivot(table), text, suite_bars(saved.results, reference, model)
     )
-
-
-def show_suite(saved: SavedSuite, reference: dict, model: str) -> None:
-    """Chapter 50's presentation of one suite against the baseline ``reference`` (a comprehensive
-    suite's results): what it varies, the variant pivot, the two bar charts of
-    :func:`qwen_anatomy.causal.plots.suite_bars`, and the computed summary sentence (displayed;
-    nothing is returned, so a notebook cell ending with the call shows no extra output). The same
-    parts (:func:`suite_report`) go into ``qwen-anatomy causal report``."""
-    from IPython.display import Markdown, display
-
-    rep = suite_report(saved, reference, model)
-    display(Markdown(rep.description))
-    display(rep.table)
-    display(Markdown(rep.summary))
 
 
 # -- qwen-anatomy causal report RESULTS_DIR ----------------------------------------------------------

@@ -702,7 +702,13 @@ def study_description(study: Study, source: str | None = None) -> str:
     return (
         f"The study below ({source or f'from `{study.path}`'}) ran on `{c.get('model')}`: {len(study.seeds)} "
         f"seeds ({', '.join(map(str, study.seeds))}) per arm, each training {layers} on cached features for "
-        f"{c.get('steps')} steps of batch {c.get('batch_size')} at learning rate {c.get('lr'):g}, on "
+        f"{c.get('steps')} steps of batch {c.get('batch_size')} at learning rate {c.get('lr'):g}"
+        + (
+            f" ({c['lr_pretrained']:g} for the matrices copied from the base model)"
+            if c.get("lr_pretrained") not in (None, c.get("lr"))
+            else ""
+        )
+        + f", on "
         f"{c.get('n_train')} training texts (data seed {c.get('data_seed')}), scored on {c.get('n_eval')} texts per "
         f"evaluation set. A training step took {times} (measured in the runs)."
     )

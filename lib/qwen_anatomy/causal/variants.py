@@ -9,9 +9,9 @@ settings it changes; ``<root>/plan.json`` records the plan that filled the root.
 
 The rules behind the words (tested in ``tests/test_causal_variants.py``):
 
-* **Per seed**, each run gives: the *relative MAE*, the mean over the predictable roles of the run's
-  MAE divided by the better trivial reference's (under 1: better than the trivial references on
-  average); the *calibration error* and the *95 % coverage* on the noisy readings
+* **Per seed**, each run gives: the *relative MAE*, the geometric mean over the predictable roles of
+  the run's MAE divided by the better trivial reference's (under 1: better than the trivial references
+  on average; a ratio, so a role twice as good weighs as much as one twice as bad); the *calibration error* and the *95 % coverage* on the noisy readings
   (:func:`qwen_anatomy.causal.study_report.calibration_by_seed`); the *token accuracy*, the mean over
   the evaluation sets; the final median scale of U.
 * **Against the default**: a variant is better or worse on a metric when the 95 % t-intervals over
@@ -278,13 +278,14 @@ def seed_metrics(study: sr.Study, arm: str = ARM) -> pd.DataFrame:
         for role in roles:
             mae = errors[(errors["group"] == role) & (errors["seed"] == seed)]["mae"]
             ratios.append(float(mae.iloc[0]) / sr.best_trivial(refs.loc[role])[1])
+        ratios = np.asarray(ratios)
         sets = study.runs[(arm, seed)].get("sets", {})
         acc = [m["accuracy"] for m in sets.values() if "accuracy" in m]
         log = study.logs.get((arm, seed)) or [{}]
         rows.append(
             {
                 "seed": seed,
-                "relative MAE": float(np.mean(ratios)) if ratios else math.nan,
+                "relative MAE": _geometric_mean(ratios),
                 "calibration error": err[i] if i < len(err) else math.nan,
                 "coverage 95%": cov[i] if i < len(cov) else math.nan,
                 "token accuracy": float(np.mean(acc)) if acc else math.nan,
@@ -292,6 +293,12 @@ def seed_metrics(study: sr.Study, arm: str = ARM) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows).set_index("seed")
+
+
+def _geometric_mean(ratios: np.ndarray) -> float:
+    if not len(ratios):
+        return math.nan
+    return 0.0 if ratios.min() == 0 else float(np.exp(np.mean(np.log(ratios))))
 
 
 def _interval(values, bounds):
@@ -315,21 +322,33 @@ def compare(variant: pd.DataFrame, default: pd.DataFrame, metric: str, names=("v
     return sr.compare_arms(a, b, names, metric, lower_is_better=lower)
 
 
-WORDS = {
-    "a better": "better",
-    "b better": "worse",
-    "no difference shown": "=",
-    "too few seeds": "?",
-    "missing": "?",
-}
+WORDS = {"a better": "better", "b better": "worse"}
+
+
+def _differences(m: pd.DataFrame, default: pd.DataFrame, label: str) -> tuple[list, bool]:
+    """([(word, metric, verdict)] where the intervals do not overlap, whether every verdict had its seeds)."""
+    found, complete = [], True
+    for metric, _lower, _b in METRICS:
+        verdict = compare(m, default, metric, (label, "the default"))
+        complete &= verdict.kind not in ("too few seeds", "missing")
+        if verdict.kind in WORDS:
+            found.append((WORDS[verdict.kind], metric, verdict))
+    return found, complete
+
+
+def _against_default(found: list, complete: bool) -> str:
+    if not complete:
+        return "too few seeds"
+    if not found:
+        return "none shown"
+    return "; ".join(f"{word}: {metric}" for word, metric, _ in found)
 
 
 def variants_table(reference: sr.Study, variants: Variants) -> pd.DataFrame:
     """One row for the default head and the baseline of the reference study, then one per variant:
-    each metric's interval over seeds, the roles (of the predictable ones) whose trivial references it
-    beats, and per metric the verdict against the default ("better", "worse" or "=")."""
+    each metric's interval over seeds, the predictable roles whose better trivial reference it beats, the
+    median final scale of U, and where it differs from the default head (intervals apart)."""
     default = seed_metrics(reference, ARM)
-    rows = []
 
     def row(suite, label, study, arm, metrics):
         table = sr.value_table(study)
@@ -339,72 +358,75 @@ def variants_table(reference: sr.Study, variants: Variants) -> pd.DataFrame:
             out[metric] = sr.interval_text(_interval(metrics[metric].tolist(), bounds))
         beaten = sum(table.loc[r, f"{arm} verdict"] == "beats" for r in roles)
         out["roles beaten"] = f"{beaten} of {len(roles)}"
+        scale = metrics["final median scale of U"].median()
+        out["final scale of U"] = "" if math.isnan(scale) else f"{scale:.2g}"
+        out["differs from the default head"] = (
+            "" if metrics is default else _against_default(*_differences(metrics, default, label))
+        )
         return out
 
-    rows.append(row("reference", "default head", reference, ARM, default))
+    rows = [row("reference", "default head", reference, ARM, default)]
+    if "baseline" in reference.arms:
+        rows.append(row("reference", "baseline", reference, "baseline", seed_metrics(reference, "baseline")))
     for v, study in variants.studies.values():
         check_same_budget(reference, study)
-        m = seed_metrics(study, ARM)
-        r = row(v.suite, v.label, study, ARM, m)
-        for metric, _lower, _b in METRICS:
-            r[f"vs default: {metric}"] = WORDS[compare(m, default, metric).kind]
-        rows.append(r)
-    if "baseline" in reference.arms:
-        base = row("reference", "baseline", reference, "baseline", seed_metrics(reference, "baseline"))
-        for metric, _lower, _b in METRICS:
-            base[f"vs default: {metric}"] = WORDS[
-                compare(seed_metrics(reference, "baseline"), default, metric).kind
-            ]
-        rows.insert(1, base)
-    return pd.DataFrame(rows).set_index(["suite", "variant"]).fillna("")
+        rows.append(row(v.suite, v.label, study, ARM, seed_metrics(study, ARM)))
+    return pd.DataFrame(rows).set_index(["suite", "variant"])
 
 
 def variants_sentences(reference: sr.Study, variants: Variants) -> str:
     """Markdown bullets, one per suite: the variants that differ from the default head on some metric
-    (with the intervals), then those with no difference shown; and a closing line on whether any
-    variant beats the default on the value error or the calibration."""
+    (with the intervals), those with no difference shown, those with too few seeds for a verdict; then
+    whether any variant is better than the default head, and the shared budget."""
     default = seed_metrics(reference, ARM)
     lines, better = [], {}
     for suite in SUITES:
         members = [(v, s) for v, s in variants.studies.values() if v.suite == suite]
         if not members:
             continue
-        diffs, same = [], []
+        parts, same, unjudged = [], [], []
         for v, study in members:
             check_same_budget(reference, study)
-            m = seed_metrics(study, ARM)
-            found = []
-            for metric, _lower, _b in METRICS:
-                verdict = compare(m, default, metric, (v.label, "the default"))
-                if verdict.kind in ("a better", "b better"):
-                    word = WORDS[verdict.kind]
-                    a, b = verdict.details["a"], verdict.details["b"]
-                    found.append(
-                        f"{word} on {_metric_words(metric)} ({sr.interval_text(a)} against {sr.interval_text(b)})"
-                    )
-                    if word == "better":
-                        better.setdefault(metric, []).append(v.label)
-            (diffs if found else same).append((v, found))
-        parts = [f"**{v.label}** is " + "; ".join(found) for v, found in diffs]
+            found, complete = _differences(seed_metrics(study, ARM), default, v.label)
+            if not complete:
+                unjudged.append(f"**{v.label}** ({len(study.seeds)} seed{'s' * (len(study.seeds) != 1)})")
+                continue
+            if not found:
+                same.append(f"**{v.label}**")
+                continue
+            texts = []
+            for word, metric, verdict in found:
+                a, b = verdict.details["a"], verdict.details["b"]
+                texts.append(
+                    f"{word} on {_metric_words(metric)} ({sr.interval_text(a)} against {sr.interval_text(b)})"
+                )
+                if word == "better":
+                    better.setdefault(metric, []).append(v.label)
+            parts.append(f"**{v.label}** is " + "; ".join(texts))
         if same:
             parts.append(
-                "no difference from the default is shown for "
-                + ", ".join(f"**{v.label}**" for v, _ in same)
-                + " (every interval overlaps)"
+                "no difference from the default is shown for " + ", ".join(same) + " (the intervals overlap)"
             )
-        lines.append(f"- *{suite}* ({len(members)} variants): " + ". ".join(parts) + ".")
+        if unjudged:
+            parts.append(
+                "no verdict yet for " + ", ".join(unjudged) + ": one interval needs two seeds or more"
+            )
+        lines.append(
+            f"- *{suite}* ({len(members)} variant{'s' * (len(members) != 1)}): " + ". ".join(parts) + "."
+        )
     if better:
         lines.append(
             "- Better than the default head: "
-            + "; ".join(f"on {metric}, {', '.join(names)}" for metric, names in better.items())
+            + "; ".join(f"on {_metric_words(metric)}, {', '.join(names)}" for metric, names in better.items())
             + "."
         )
     else:
         lines.append("- No variant is better than the default head on any of these metrics.")
-    n = len(reference.seeds)
+    seeds = sorted({len(s.seeds) for _v, s in variants.studies.values()} | {len(reference.seeds)})
     lines.append(
-        f"- Every variant and the default: {n} seeds, {reference.config.get('steps'):,} steps of batch "
-        f"{reference.config.get('batch_size')}, the same texts and feature cache (checked)."
+        f"- Seeds per model: {' to '.join(map(str, (seeds[0], seeds[-1]))) if len(seeds) > 1 else seeds[0]}; "
+        f"every model {reference.config.get('steps'):,} steps of batch {reference.config.get('batch_size')} "
+        "on the same texts and feature cache (checked)."
     )
     return "\n".join(lines)
 
@@ -493,7 +515,7 @@ def report_markdown(reference: sr.Study, variants: Variants, figure: str = "fore
         "## What the numbers say",
         variants_sentences(reference, variants),
         "## Metrics",
-        "Intervals over seeds (95 % t-intervals); relative MAE is the mean over the predictable roles of "
+        "Intervals over seeds (95 % t-intervals); relative MAE is the geometric mean over the predictable roles of "
         "the MAE divided by the better trivial reference's; calibration error and coverage are on the noisy "
         'readings; "roles beaten" counts the predictable roles whose better trivial reference the variant '
         "beats by a margin outside its interval.",
@@ -544,3 +566,37 @@ def write_report(
 
 def is_variants_dir(path: str | Path) -> bool:
     return (Path(path) / PLAN_FILE).is_file()
+
+
+def backbone_note(reference: sr.Study, study: sr.Study) -> str:
+    """A sentence when the variants ran on another backbone than ``study`` (the chapter's main study):
+    both backbones and the median seconds of one CausalQwen run on each, from the runs; "" otherwise."""
+    a, b = reference.config.get("model"), study.config.get("model")
+    if a == b:
+        return ""
+
+    def seconds(s: sr.Study) -> float:
+        return float(
+            np.median([ev.get("train_seconds", math.nan) for (arm, _), ev in s.runs.items() if arm == ARM])
+        )
+
+    return (
+        f"The design choices were compared on `{a}`, not on the study's `{b}`: one CausalQwen run of the "
+        f"reference budget took {seconds(reference):,.0f} s there against {seconds(study):,.0f} s on `{b}` "
+        f"(medians from the runs), so the {len(reference.seeds)}-seed comparison of every variant fits the "
+        "sessions of this machine on the smaller backbone. Whether each difference holds on the larger one "
+        "is not measured."
+    )
+
+
+def plan_sentence(saved: Variants, plan: list[Variant] | None = None) -> str:
+    """How many of the plan's variants the folder holds, and which are not run yet."""
+    plan = load_plan() if plan is None else plan
+    missing = [v for v in plan if v.name not in saved.studies]
+    if not missing:
+        return f"All {len(plan)} variants of the plan are saved."
+    return (
+        f"{len(plan) - len(missing)} of the {len(plan)} variants of the plan are saved; not run yet: "
+        + ", ".join(f"{v.suite}: {v.label}" for v in missing)
+        + " (rerunning the command resumes the plan)."
+    )
