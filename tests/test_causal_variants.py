@@ -295,7 +295,7 @@ def test_plan_sentence_names_what_is_not_run_yet():
     ]
     one = cv.Variants(None, {"a": (plan[0], None)})
     assert cv.plan_sentence(one, plan) == (
-        "1 of the 2 variants of the plan are saved; not run yet: ablation: distribution = normal "
+        "1 of the 2 variants of the plan is saved; not run yet: ablation: distribution = normal "
         "(rerunning the command resumes the plan)."
     )
     both = cv.Variants(None, {"a": (plan[0], None), "b": (plan[1], None)})

@@ -44,6 +44,7 @@ from typing import Any
 from .errors import UserInputError
 from .paths import REPO_ROOT
 from .provenance import only_results_changed
+from .words import count as _count
 
 FORWARD_BENCH = "bench/results/forward.json"
 WEIGHTS_BENCHES = ("bench/results/weights_qwen2.5-0.5b.json", "bench/results/weights_qwen2.5-7b.json")
@@ -135,10 +136,6 @@ def _ratio_word(ratio: float, tolerance: float = SAME_SPEED) -> str:
 def _num(x) -> str:
     """A parameter value as printed: 2.0 -> "2" (pandas turns integer columns of a pivot into floats)."""
     return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _index(order: list, item) -> int:

@@ -33,6 +33,7 @@ import pandas as pd
 
 from ..errors import UserInputError
 from ..runrecord import REPO_ROOT, atomic_write_json
+from ..words import count as _count
 from . import study as study_mod
 from . import study_report as sr
 from .templates import PREDICTABLE_ROLES
@@ -389,7 +390,7 @@ def variants_sentences(reference: sr.Study, variants: Variants) -> str:
             check_same_budget(reference, study)
             found, complete = _differences(seed_metrics(study, ARM), default, v.label)
             if not complete:
-                unjudged.append(f"**{v.label}** ({len(study.seeds)} seed{'s' * (len(study.seeds) != 1)})")
+                unjudged.append(f"**{v.label}** ({_count(len(study.seeds), 'seed')})")
                 continue
             if not found:
                 same.append(f"**{v.label}**")
@@ -411,9 +412,7 @@ def variants_sentences(reference: sr.Study, variants: Variants) -> str:
             parts.append(
                 "no verdict yet for " + ", ".join(unjudged) + ": one interval needs two seeds or more"
             )
-        lines.append(
-            f"- *{suite}* ({len(members)} variant{'s' * (len(members) != 1)}): " + ". ".join(parts) + "."
-        )
+        lines.append(f"- *{suite}* ({_count(len(members), 'variant')}): " + ". ".join(parts) + ".")
     if better:
         lines.append(
             "- Better than the default head: "
@@ -495,7 +494,8 @@ def description(reference: sr.Study, variants: Variants) -> str:
         / 3600
     )
     return (
-        f"{len(variants.studies)} variants of the head in `{variants.path.name}` ({n_runs} CausalQwen runs, "
+        f"{_count(len(variants.studies), 'variant')} of the head in `{variants.path.name}` "
+        f"({_count(n_runs, 'CausalQwen run')}, "
         f"{hours:.2f} h of training and evaluation in all, from their run records) on `{cfg.get('model')}`, "
         f"each {cfg.get('steps'):,} steps of batch {cfg.get('batch_size')} on {cfg.get('n_train'):,} training "
         f"texts with the seeds {', '.join(map(str, reference.seeds))}, compared with the default head and the "
@@ -596,7 +596,8 @@ def plan_sentence(saved: Variants, plan: list[Variant] | None = None) -> str:
     if not missing:
         return f"All {len(plan)} variants of the plan are saved."
     return (
-        f"{len(plan) - len(missing)} of the {len(plan)} variants of the plan are saved; not run yet: "
+        f"{len(plan) - len(missing)} of the {len(plan)} variants of the plan "
+        f"{'is' if len(plan) - len(missing) == 1 else 'are'} saved; not run yet: "
         + ", ".join(f"{v.suite}: {v.label}" for v in missing)
         + " (rerunning the command resumes the plan)."
     )

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UserInputError
+from ..words import count as _count
 
 BLOCK = 32
 QK_K = 256
@@ -694,10 +695,6 @@ def type_inventory(ck):
     df["bits_per_weight"] = [_bits_or_float(t) for t in df["type"]]
     df["rule"] = [FORMATS.get(t, {}).get("rule", "") for t in df["type"]]
     return df.sort_values("parameters", ascending=False).reset_index(drop=True)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def _bits_or_float(qtype: str) -> float:
