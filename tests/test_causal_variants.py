@@ -145,6 +145,15 @@ def test_report_of_the_ci_variants(saved, capsys):
     assert "# Variants of the CausalQwen head on `causal-tiny-lm`" in summary
     assert (root / "report" / "forest.png").stat().st_size > 0
     one_line_error(capsys, ["causal", "report", str(root)], "already exists")
+    # the reference can be given; a variant is not a reference (one line, exit 2)
+    assert (
+        main(["causal", "report", str(root), "--out", str(tmp / "r2"), "--reference", str(tmp / "study")])
+        == 0
+    )
+    assert (tmp / "r2" / "summary.md").read_text() == summary
+    argv = ["causal", "report", str(root), "--out", str(tmp / "r3"), "--reference", str(root / "lambda-10")]
+    one_line_error(capsys, argv, "is not a study of the default head")
+    assert not (tmp / "r3").exists()
 
 
 # -- by hand ----------------------------------------------------------------------------------------------

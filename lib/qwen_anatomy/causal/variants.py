@@ -162,7 +162,8 @@ def run(
     """Train every variant (or those named in ``only``) as a CausalQwen-only study under ``out/<name>``.
     Every configuration and every folder is checked before anything trains; finished runs are reused
     (a study's rule), so a plan can be run a few variants at a time across sessions. Writes
-    ``out/plan.json``. Returns {name: the study's result}."""
+    ``out/plan.json`` (these variants added to any recorded there) before the first run trains.
+    Returns {name: the study's result}."""
     from ..loading import load_config
 
     out = Path(out)
@@ -177,14 +178,14 @@ def run(
     configs = [(v, variant_config(base, v, hidden)) for v in variants]
     for v, cfg in configs:
         study_mod.plan(cfg, out / v.name)  # refuses a folder holding another configuration
-    recorded = _merge_plan(out, variants, hidden)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / PLAN_FILE, _merge_plan(out, variants, hidden))  # before training: resumable
     results = {}
     for i, (v, cfg) in enumerate(configs, 1):
         log(f"[variant {i}/{len(configs)}] {v.suite}: {v.name} ({v.label})")
         results[v.name] = study_mod.run(
             cfg, out / v.name, progress=progress, log=log, device=device, dtype=dtype
         )
-    atomic_write_json(out / PLAN_FILE, recorded)
     return results
 
 
@@ -239,6 +240,11 @@ def check_same_budget(reference: sr.Study, other: sr.Study, what: str = "variant
         )
 
 
+def is_default_head(study: sr.Study) -> bool:
+    """Does ``study`` hold CausalQwen runs of the default head (no ``causal`` setting changed)?"""
+    return ARM in study.arms and not study.config.get("causal")
+
+
 def find_reference(path: str | Path, variants: Variants | None = None) -> sr.Study:
     """The reference study of a variants folder: a sibling folder holding a study of the default head
     (``causal`` empty, a CausalQwen run) with the variants' budget; UserInputError when there is none."""
@@ -252,11 +258,7 @@ def find_reference(path: str | Path, variants: Variants | None = None) -> sr.Stu
             study = sr.load_study(candidate)
         except UserInputError:
             continue
-        if (
-            ARM in study.arms
-            and not study.config.get("causal")
-            and all(study.config.get(k) == first.config.get(k) for k in BUDGET_KEYS)
-        ):
+        if is_default_head(study) and all(study.config.get(k) == first.config.get(k) for k in BUDGET_KEYS):
             return study
     raise UserInputError(
         f"no study of the default head with the budget of {path} beside it: give --reference STUDY_DIR"
@@ -542,7 +544,15 @@ def write_report(
     from ..runrecord import atomic_write_text
 
     saved = load(root)
-    ref = sr.load_study(reference) if reference is not None else find_reference(root, saved)
+    if reference is None:
+        ref = find_reference(root, saved)
+    else:
+        ref = sr.load_study(reference)
+        if not is_default_head(ref):
+            raise UserInputError(
+                f"--reference {reference} is not a study of the default head (it has no CausalQwen run or "
+                f"changes {ref.config.get('causal')}): give the study the variants are compared with"
+            )
     out = Path(out) if out is not None else Path(root) / "report"
     if os.path.lexists(out):
         raise UserInputError(f"--out {out} already exists; a report never overwrites: choose another --out")

@@ -149,10 +149,14 @@ def register(subparsers) -> None:
     _study_parser(sub)
 
     rp = sub.add_parser(
-        "report", help="figures (PNG) and summary.md for a saved suite directory (as chapter 50 shows it)"
+        "report",
+        help="figures (PNG) and summary.md for a saved suite or variants directory (as chapter 50 shows it)",
     )
     rp.add_argument(
-        "results_dir", type=Path, metavar="RESULTS_DIR", help="a directory written by `causal suite`"
+        "results_dir",
+        type=Path,
+        metavar="RESULTS_DIR",
+        help="a directory written by `causal suite` or `causal variants`",
     )
     rp.add_argument("--out", type=Path, default=None, help="a new directory (default: RESULTS_DIR/report)")
     rp.add_argument(
@@ -160,7 +164,9 @@ def register(subparsers) -> None:
         type=Path,
         default=None,
         help="a basic or comprehensive suite directory whose baseline the figures mark (default: the suite's "
-        "own baseline, else the newest comprehensive run of the same backbone beside it)",
+        "own baseline, else the newest comprehensive run of the same backbone beside it); for a variants "
+        "folder (written by `causal variants`), the study of the default head they are compared with "
+        "(default: the one beside it with their budget)",
     )
     rp.set_defaults(func=cmd_report)
 
