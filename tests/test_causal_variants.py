@@ -304,8 +304,39 @@ def test_plan_sentence_names_what_is_not_run_yet():
     ]
     one = cv.Variants(None, {"a": (plan[0], None)})
     assert cv.plan_sentence(one, plan) == (
-        "1 of the 2 variants of the plan is saved; not run yet: ablation: distribution = normal "
+        "1 of the 2 variants of the plan has run; not run yet: ablation: distribution = normal "
         "(rerunning the command resumes the plan)."
     )
     both = cv.Variants(None, {"a": (plan[0], None), "b": (plan[1], None)})
-    assert cv.plan_sentence(both, plan) == "All 2 variants of the plan are saved."
+    assert cv.plan_sentence(both, plan) == "All 2 variants of the plan have run."
+
+
+def test_a_failed_run_is_reported_not_called_missing(saved, tmp_path):
+    import shutil
+
+    tmp, *_ = saved
+    root = tmp_path / "variants"
+    shutil.copytree(tmp / "variants", root)
+    (tmp_path / "study").symlink_to(tmp / "study")
+    error = (
+        "TrainingDiverged: training diverged at step 7: loss nan (classification nan, regression nan); lower"
+    )
+    seed = root / "gamma0-1" / "CausalQwen" / "seed0"
+    shutil.rmtree(root / "gamma0-1")
+    seed.mkdir(parents=True)
+    (seed / "run_record.json").write_text(json.dumps({"status": "failed", "error": error}))
+    loaded = cv.load(root)
+    assert "gamma0-1" not in loaded.studies
+    assert loaded.failed["gamma0-1"][1] == [(0, error)]
+    reference = cv.find_reference(root, loaded)
+    text = cv.variants_sentences(reference, loaded)
+    assert "**gamma0 = 1** failed to train (seed 0: training diverged at step 7: loss nan" in text
+    table = cv.variants_table(reference, loaded)
+    assert table.loc[("initialization", "gamma0 = 1"), "differs from the default head"].startswith(
+        "failed: seed 0: training diverged at step 7"
+    )
+    plan = [v for v in cv.check_plan({"variants": [
+        {"suite": "comparison", "name": "lambda-10", "causal": {"lam": 10}},
+        {"suite": "initialization", "name": "gamma0-1", "causal": {"gamma0": 1}},
+    ]}, "p")]  # fmt: skip
+    assert cv.plan_sentence(loaded, plan) == "All 2 variants of the plan have run."

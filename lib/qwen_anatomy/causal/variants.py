@@ -207,10 +207,12 @@ def _merge_plan(out: Path, variants: list[Variant], hidden: int) -> dict:
 
 # -- reading the saved variants ---------------------------------------------------------------------
 class Variants(NamedTuple):
-    """The saved variants under ``path``: {name: (Variant, Study)} in plan order."""
+    """The saved variants under ``path``: {name: (Variant, Study)} in plan order, and the runs that
+    failed, {name: (Variant, [(seed, error)])} (a diverged training is a result, not a gap)."""
 
     path: Path
     studies: dict
+    failed: dict = {}
 
 
 def load(path: str | Path) -> Variants:
@@ -225,9 +227,28 @@ def load(path: str | Path) -> Variants:
         )
     variants = check_plan(json.loads(plan_path.read_text()), str(plan_path))
     studies = {v.name: (v, sr.load_study(path / v.name)) for v in variants if sr.study_exists(path / v.name)}
+    failed = {v.name: (v, runs) for v in variants if (runs := failed_runs(path / v.name))}
     if not studies:
         raise UserInputError(f"{path} holds no finished variant run: run the command in its README section")
-    return Variants(path, studies)
+    return Variants(path, studies, failed)
+
+
+def failed_runs(folder: Path) -> list[tuple[int, str]]:
+    """(seed, error) of every CausalQwen run under ``folder`` whose record says it failed."""
+    out = []
+    for record in sorted((folder / ARM).glob("seed*/run_record.json")):
+        seed = record.parent.name[4:]
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if seed.isdigit() and data.get("status") == "failed":
+            out.append((int(seed), str(data.get("error") or "no error recorded")))
+    return out
+
+
+def _failure_text(runs: list[tuple[int, str]]) -> str:
+    return "; ".join(f"seed {seed}: {error.split(': ', 1)[-1].split('; ')[0]}" for seed, error in runs)
 
 
 def check_same_budget(reference: sr.Study, other: sr.Study, what: str = "variant") -> None:
@@ -374,7 +395,15 @@ def variants_table(reference: sr.Study, variants: Variants) -> pd.DataFrame:
     for v, study in variants.studies.values():
         check_same_budget(reference, study)
         rows.append(row(v.suite, v.label, study, ARM, seed_metrics(study, ARM)))
-    return pd.DataFrame(rows).set_index(["suite", "variant"])
+        if v.name in variants.failed:
+            rows[-1]["differs from the default head"] += (
+                f" (failed: {_failure_text(variants.failed[v.name][1])})"
+            )
+    for name, (v, runs) in variants.failed.items():
+        if name not in variants.studies:
+            rows.append({"suite": v.suite, "variant": v.label, "differs from the default head": "failed: "
+                         + _failure_text(runs)})  # fmt: skip
+    return pd.DataFrame(rows).set_index(["suite", "variant"]).fillna("")
 
 
 def variants_sentences(reference: sr.Study, variants: Variants) -> str:
@@ -385,9 +414,12 @@ def variants_sentences(reference: sr.Study, variants: Variants) -> str:
     lines, better = [], {}
     for suite in SUITES:
         members = [(v, s) for v, s in variants.studies.values() if v.suite == suite]
-        if not members:
+        failures = [(v, runs) for v, runs in variants.failed.values() if v.suite == suite]
+        if not members and not failures:
             continue
         parts, same, unjudged = [], [], []
+        for v, runs in failures:
+            parts.append(f"**{v.label}** failed to train ({_failure_text(runs)})")
         for v, study in members:
             check_same_budget(reference, study)
             found, complete = _differences(seed_metrics(study, ARM), default, v.label)
@@ -414,7 +446,8 @@ def variants_sentences(reference: sr.Study, variants: Variants) -> str:
             parts.append(
                 "no verdict yet for " + ", ".join(unjudged) + ": one interval needs two seeds or more"
             )
-        lines.append(f"- *{suite}* ({_count(len(members), 'variant')}): " + ". ".join(parts) + ".")
+        n_variants = len({v.name for v, _ in members} | {v.name for v, _ in failures})
+        lines.append(f"- *{suite}* ({_count(n_variants, 'variant')}): " + ". ".join(parts) + ".")
     if better:
         lines.append(
             "- Better than the default head: "
@@ -600,14 +633,14 @@ def backbone_note(reference: sr.Study, study: sr.Study) -> str:
 
 
 def plan_sentence(saved: Variants, plan: list[Variant] | None = None) -> str:
-    """How many of the plan's variants the folder holds, and which are not run yet."""
+    """How many of the plan's variants have run (finished or failed), and which have not yet."""
     plan = load_plan() if plan is None else plan
-    missing = [v for v in plan if v.name not in saved.studies]
+    missing = [v for v in plan if v.name not in saved.studies and v.name not in saved.failed]
     if not missing:
-        return f"All {len(plan)} variants of the plan are saved."
+        return f"All {len(plan)} variants of the plan have run."
     return (
         f"{len(plan) - len(missing)} of the {len(plan)} variants of the plan "
-        f"{'is' if len(plan) - len(missing) == 1 else 'are'} saved; not run yet: "
+        f"{'has' if len(plan) - len(missing) == 1 else 'have'} run; not run yet: "
         + ", ".join(f"{v.suite}: {v.label}" for v in missing)
         + " (rerunning the command resumes the plan)."
     )
