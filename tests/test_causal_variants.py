@@ -340,3 +340,36 @@ def test_a_failed_run_is_reported_not_called_missing(saved, tmp_path):
         {"suite": "initialization", "name": "gamma0-1", "causal": {"gamma0": 1}},
     ]}, "p")]  # fmt: skip
     assert cv.plan_sentence(loaded, plan) == "All 2 variants of the plan have run."
+
+
+def test_a_diverged_seed_does_not_stop_the_plan_and_is_not_retried(tmp_path, monkeypatch):
+    from qwen_anatomy.causal.train import TrainingDiverged
+
+    real_run, calls = study.run, []
+
+    def run(cfg, out, **kw):
+        calls.append((out.name, cfg["seeds"]))
+        if out.name == "lambda-10" and cfg["seeds"] == [0]:
+            folder = study.run_folder(out, "CausalQwen", 0)
+            folder.mkdir(parents=True)
+            error = "TrainingDiverged: training diverged at step 2: loss nan"
+            (folder / "run_record.json").write_text(json.dumps({"status": "failed", "error": error}))
+            raise TrainingDiverged("training diverged at step 2: loss nan")
+        return real_run(cfg, out, **kw)
+
+    monkeypatch.setattr(cv.study_mod, "run", run)
+    plan = [
+        cv.Variant("comparison", "lambda-10", {"lam": 10}),
+        cv.Variant("initialization", "g", {"gamma0": 1}),
+    ]
+    base = {"steps": 2, "n_train": 16, "n_eval": 3, "seeds": [0, 1], "eval_sets": ["qa"],
+            "cache_dir": str(tmp_path / "cache")}  # fmt: skip
+    messages = []
+    result = cv.run(plan, base, tmp_path / "v", progress=False, log=messages.append)
+    assert result["diverged"] == ["lambda-10/seed0"]
+    assert result["trained"] == ["lambda-10/seed1", "g/seed0", "g/seed1"]
+    assert len(calls) == 4
+    again = cv.run(plan, base, tmp_path / "v", progress=False, log=messages.append)
+    assert again["diverged"] == ["lambda-10/seed0"] and again["trained"] == [] and len(again["reused"]) == 3
+    assert len(calls) == 7  # the diverged seed was not run again
+    assert any("diverged in an earlier call; not retried" in m for m in messages)

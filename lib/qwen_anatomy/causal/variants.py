@@ -162,9 +162,11 @@ def run(
     """Train every variant (or those named in ``only``) as a CausalQwen-only study under ``out/<name>``.
     Every configuration and every folder is checked before anything trains; finished runs are reused
     (a study's rule), so a plan can be run a few variants at a time across sessions. Writes
-    ``out/plan.json`` (these variants added to any recorded there) before the first run trains.
-    Returns {name: the study's result}."""
+    ``out/plan.json`` (these variants added to any recorded there) before the first run trains. Each
+    seed runs on its own, so a run whose training diverges (its record says failed) does not stop the
+    rest, and is not retried by a later call. Returns {"trained", "reused", "diverged": ["name/seedS"]}."""
     from ..loading import load_config
+    from .train import TrainingDiverged
 
     out = Path(out)
     if only:
@@ -180,13 +182,42 @@ def run(
         study_mod.plan(cfg, out / v.name)  # refuses a folder holding another configuration
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / PLAN_FILE, _merge_plan(out, variants, hidden))  # before training: resumable
-    results = {}
+    results = {"trained": [], "reused": [], "diverged": []}
     for i, (v, cfg) in enumerate(configs, 1):
         log(f"[variant {i}/{len(configs)}] {v.suite}: {v.name} ({v.label})")
-        results[v.name] = study_mod.run(
-            cfg, out / v.name, progress=progress, log=log, device=device, dtype=dtype
-        )
+        for seed in cfg["seeds"]:  # one seed at a time: a diverged seed does not stop the others
+            run = f"{v.name}/seed{seed}"
+            if _diverged_before(study_mod.run_folder(out / v.name, ARM, seed)):
+                log(f"{run} diverged in an earlier call; not retried (training is deterministic; move its "
+                    "folder away to retry)")  # fmt: skip
+                results["diverged"].append(run)
+                continue
+            try:
+                done = study_mod.run(
+                    {**cfg, "seeds": [seed]},
+                    out / v.name,
+                    progress=progress,
+                    log=log,
+                    device=device,
+                    dtype=dtype,
+                )
+            except TrainingDiverged as err:
+                log(f"{run}: {err}")
+                results["diverged"].append(run)
+                continue
+            results["trained" if done["trained"] else "reused"].append(run)
     return results
+
+
+def _diverged_before(folder: Path) -> bool:
+    record = folder / "run_record.json"
+    if not record.is_file():
+        return False
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return data.get("status") == "failed" and str(data.get("error", "")).startswith("TrainingDiverged")
 
 
 def _merge_plan(out: Path, variants: list[Variant], hidden: int) -> dict:

@@ -379,9 +379,12 @@ def cmd_variants(args) -> int:
         device=args.device,
         dtype=args.dtype,
     )
-    trained = sum(len(r["trained"]) for r in result.values())
-    reused = sum(len(r["reused"]) for r in result.values())
-    print(f"variants in {args.out}: {len(result)} variant(s), trained {trained} run(s), reused {reused}")
+    names = {r.split("/")[0] for runs in result.values() for r in runs}
+    print(
+        f"variants in {args.out}: {len(names)} variant(s), trained {len(result['trained'])} run(s), reused "
+        f"{len(result['reused'])}"
+        + (f"; diverged (recorded as failed): {', '.join(result['diverged'])}" if result["diverged"] else "")
+    )
     return 0
 
 
