@@ -228,7 +228,7 @@ def test_verdicts_and_sentences_by_hand():
     # relative MAE: 0 (a perfect seed), 0.05 and 0.05: mean 0.0333
     assert "**lam = 10** is better on relative MAE (0.0333" in text
     assert "**distribution = normal** is worse on token accuracy" in text
-    assert "no difference from the default is shown for **gamma0 = 1**" in text
+    assert "No difference from the default is shown for **gamma0 = 1**" in text
     assert "Better than the default head: on relative MAE, lam = 10." in text
     assert "Seeds per model: 3; every model 10 steps of batch 4" in text
     # one seed gives no interval: no verdict, said so, never "no difference"
@@ -236,7 +236,7 @@ def test_verdicts_and_sentences_by_hand():
     one = cv.Variants(None, {"s": (cv.Variant("comparison", "s", {"lam": 2}), single)})
     assert cv.variants_table(reference, one)["differs from the default head"].iloc[-1] == "too few seeds"
     text = cv.variants_sentences(reference, one)
-    assert "no verdict yet for **lam = 2** (1 seed)" in text and "no difference" not in text
+    assert "No verdict yet for **lam = 2** (1 seed)" in text and "no difference" not in text.lower()
     assert "Seeds per model: 1 to 3" in text
     other = _hand({"CausalQwen": [[10.0, 20.0]] * 3}, config={"steps": 20})
     with pytest.raises(UserInputError, match="steps"):

@@ -244,6 +244,10 @@ class Variants(NamedTuple):
     path: Path
     studies: dict
     failed: dict = {}
+    order: tuple = ()  # the plan's names (default: the studies', then the failed ones)
+
+    def names(self) -> list[str]:
+        return list(self.order or dict.fromkeys([*self.studies, *self.failed]))
 
 
 def load(path: str | Path) -> Variants:
@@ -261,7 +265,7 @@ def load(path: str | Path) -> Variants:
     failed = {v.name: (v, runs) for v in variants if (runs := failed_runs(path / v.name))}
     if not studies:
         raise UserInputError(f"{path} holds no finished variant run: run the command in its README section")
-    return Variants(path, studies, failed)
+    return Variants(path, studies, failed, tuple(v.name for v in variants))
 
 
 def failed_runs(folder: Path) -> list[tuple[int, str]]:
@@ -423,17 +427,18 @@ def variants_table(reference: sr.Study, variants: Variants) -> pd.DataFrame:
     rows = [row("reference", "default head", reference, ARM, default)]
     if "baseline" in reference.arms:
         rows.append(row("reference", "baseline", reference, "baseline", seed_metrics(reference, "baseline")))
-    for v, study in variants.studies.values():
-        check_same_budget(reference, study)
-        rows.append(row(v.suite, v.label, study, ARM, seed_metrics(study, ARM)))
-        if v.name in variants.failed:
-            rows[-1]["differs from the default head"] += (
-                f" (failed: {_failure_text(variants.failed[v.name][1])})"
-            )
-    for name, (v, runs) in variants.failed.items():
-        if name not in variants.studies:
-            rows.append({"suite": v.suite, "variant": v.label, "differs from the default head": "failed: "
-                         + _failure_text(runs)})  # fmt: skip
+    for name in variants.names():
+        if name in variants.studies:
+            v, study = variants.studies[name]
+            check_same_budget(reference, study)
+            rows.append(row(v.suite, v.label, study, ARM, seed_metrics(study, ARM)))
+            if name in variants.failed:
+                note = _failure_text(variants.failed[name][1])
+                rows[-1]["differs from the default head"] += f" (failed: {note})"
+        elif name in variants.failed:
+            v, runs = variants.failed[name]
+            failed = {"differs from the default head": "failed: " + _failure_text(runs)}
+            rows.append({"suite": v.suite, "variant": v.label, **failed})
     return pd.DataFrame(rows).set_index(["suite", "variant"]).fillna("")
 
 
@@ -478,7 +483,8 @@ def variants_sentences(reference: sr.Study, variants: Variants) -> str:
                 "no verdict yet for " + ", ".join(unjudged) + ": one interval needs two seeds or more"
             )
         n_variants = len({v.name for v, _ in members} | {v.name for v, _ in failures})
-        lines.append(f"- *{suite}* ({_count(n_variants, 'variant')}): " + ". ".join(parts) + ".")
+        text = ". ".join(p[0].upper() + p[1:] for p in parts)
+        lines.append(f"- *{suite}* ({_count(n_variants, 'variant')}): {text}.")
     if better:
         lines.append(
             "- Better than the default head: "
