@@ -89,7 +89,11 @@ def saved(tmp_path_factory):
 def test_variants_train_causalqwen_only_with_the_reference_budget(saved, capsys):
     tmp, _plan, argv, _ = saved
     root = tmp / "variants"
-    assert sorted(p.name for p in root.iterdir()) == ["lambda-10", "ovr-normal", "plan.json"]
+    assert sorted(p.name for p in root.iterdir() if not p.name.endswith(".run_record.json")) == [
+        "lambda-10",
+        "ovr-normal",
+        "plan.json",
+    ]
     run = json.loads((root / "lambda-10" / "CausalQwen" / "seed1" / "run_record.json").read_text())
     config = run["parameters"]["config"]
     assert config["causal"] == {"lam": 10} and config["arm"] == "CausalQwen"
@@ -109,6 +113,11 @@ def test_variants_train_causalqwen_only_with_the_reference_budget(saved, capsys)
     assert "3 variant(s), trained 2 run(s), reused 4" in out
     plan = json.loads((root / "plan.json").read_text())
     assert [e["name"] for e in plan["variants"]] == ["lambda-10", "ovr-normal", "gamma0-1"]
+    # every call leaves its own run record beside plan.json (nothing overwritten)
+    records = sorted(root.glob("plan-*.run_record.json"))
+    assert len(records) >= 1
+    last = json.loads(records[-1].read_text())
+    assert last["status"] == "success" and last["result"]["trained"] == ["gamma0-1/seed0", "gamma0-1/seed1"]
 
 
 def test_another_configuration_is_refused_before_training(saved, capsys):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserInputError
-from ..runrecord import REPO_ROOT, atomic_write_json
+from ..runrecord import REPO_ROOT, RunRecord, atomic_write_json
 from ..words import count as _count
 from . import study as study_mod
 from . import study_report as sr
@@ -164,9 +165,9 @@ def run(
     (a study's rule), so a plan can be run a few variants at a time across sessions. Writes
     ``out/plan.json`` (these variants added to any recorded there) before the first run trains. Each
     seed runs on its own, so a run whose training diverges (its record says failed) does not stop the
-    rest, and is not retried by a later call. Returns {"trained", "reused", "diverged": ["name/seedS"]}."""
+    rest, and is not retried by a later call. Each call leaves ``out/plan-<UTC>.run_record.json`` (the
+    settings, the variants and what ran). Returns {"trained", "reused", "diverged": ["name/seedS"]}."""
     from ..loading import load_config
-    from .train import TrainingDiverged
 
     out = Path(out)
     if only:
@@ -183,6 +184,17 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / PLAN_FILE, _merge_plan(out, variants, hidden))  # before training: resumable
     results = {"trained": [], "reused": [], "diverged": []}
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")  # two calls never share a record
+    params = {"base": base, "variants": [v.name for v in variants], "plan": [v._asdict() for v in variants]}
+    with RunRecord(out / f"plan-{stamp}.run_record.json", "qwen-anatomy causal variants", params) as record:
+        _run_variants(configs, out, results, progress, log, device, dtype)
+        record.data["result"] = results
+    return results
+
+
+def _run_variants(configs, out: Path, results: dict, progress, log, device, dtype) -> None:
+    from .train import TrainingDiverged
+
     for i, (v, cfg) in enumerate(configs, 1):
         log(f"[variant {i}/{len(configs)}] {v.suite}: {v.name} ({v.label})")
         for seed in cfg["seeds"]:  # one seed at a time: a diverged seed does not stop the others
@@ -206,7 +218,6 @@ def run(
                 results["diverged"].append(run)
                 continue
             results["trained" if done["trained"] else "reused"].append(run)
-    return results
 
 
 def _diverged_before(folder: Path) -> bool:
