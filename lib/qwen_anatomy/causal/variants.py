@@ -220,15 +220,17 @@ def _run_variants(configs, out: Path, results: dict, progress, log, device, dtyp
             results["trained" if done["trained"] else "reused"].append(run)
 
 
-def _diverged_before(folder: Path) -> bool:
-    record = folder / "run_record.json"
-    if not record.is_file():
-        return False
+def _failure(run_folder: Path) -> str | None:
+    """The error a run folder's record gives when the run failed (None otherwise, or when unreadable)."""
     try:
-        data = json.loads(record.read_text())
+        data = json.loads((run_folder / "run_record.json").read_text())
     except (OSError, json.JSONDecodeError):
-        return False
-    return data.get("status") == "failed" and str(data.get("error", "")).startswith("TrainingDiverged")
+        return None
+    return str(data.get("error") or "no error recorded") if data.get("status") == "failed" else None
+
+
+def _diverged_before(folder: Path) -> bool:
+    return (_failure(folder) or "").startswith("TrainingDiverged")
 
 
 def _merge_plan(out: Path, variants: list[Variant], hidden: int) -> dict:
@@ -281,16 +283,8 @@ def load(path: str | Path) -> Variants:
 
 def failed_runs(folder: Path) -> list[tuple[int, str]]:
     """(seed, error) of every CausalQwen run under ``folder`` whose record says it failed."""
-    out = []
-    for record in sorted((folder / ARM).glob("seed*/run_record.json")):
-        seed = record.parent.name[4:]
-        try:
-            data = json.loads(record.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if seed.isdigit() and data.get("status") == "failed":
-            out.append((int(seed), str(data.get("error") or "no error recorded")))
-    return out
+    runs = [(p.name[4:], _failure(p)) for p in sorted((folder / ARM).glob("seed*")) if p.is_dir()]
+    return [(int(seed), error) for seed, error in runs if seed.isdigit() and error is not None]
 
 
 def _failure_text(runs: list[tuple[int, str]]) -> str:
